@@ -1,0 +1,96 @@
+"""Model registry: every model is reached by a registered variant name.
+
+A *family* is an ``nn.Module`` class with a nested pydantic ``Config`` (its architecture
+hyperparameters, validated once) and the constructor
+``Family(config, *, in_chans, num_classes, image_size)``; data-dependent sizes are kept out of
+the config so one variant trains on Fashion-MNIST and CIFAR-10 alike.
+
+A *variant* is a name plus default config values (timm style: variants are data, not code).
+The CLI, the TOML configs and the Python API all go through :func:`create_model`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+from torch import nn
+
+from tinyvision.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    family: type[nn.Module]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    description: str = ""
+
+
+_VARIANTS: dict[str, Variant] = {}
+
+
+def register_variant(
+    name: str, family: type[nn.Module], description: str = "", **defaults: Any
+) -> None:
+    """Register ``name`` as ``family`` built with ``defaults`` (validated now, at import)."""
+    if name in _VARIANTS:
+        raise ValueError(f"model variant {name!r} is registered twice")
+    family.Config(**defaults)  # a variant with invalid defaults is a bug: fail at import
+    _VARIANTS[name] = Variant(name, family, dict(defaults), description)
+
+
+def list_variants() -> list[Variant]:
+    _import_families()
+    return sorted(_VARIANTS.values(), key=lambda v: v.name)
+
+
+def get_variant(name: str) -> Variant:
+    _import_families()
+    if name not in _VARIANTS:
+        from difflib import get_close_matches
+
+        close = get_close_matches(name, _VARIANTS, n=3)
+        hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise ConfigError(
+            f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_VARIANTS))}."
+        )
+    return _VARIANTS[name]
+
+
+def model_config(name: str, **overrides: Any) -> pydantic.BaseModel:
+    """The validated architecture config of variant ``name`` with ``overrides`` applied."""
+    from tinyvision.config import format_validation_error
+
+    variant = get_variant(name)
+    try:
+        return variant.family.Config(**{**variant.defaults, **overrides})
+    except pydantic.ValidationError as err:
+        raise ConfigError(
+            format_validation_error(err, variant.family.Config, prefix="model.")
+        ) from None
+
+
+def create_model(
+    name: str, *, in_chans: int, num_classes: int, image_size: tuple[int, int], **overrides: Any
+) -> nn.Module:
+    """Build variant ``name`` for images of ``in_chans`` x ``image_size``."""
+    config = model_config(name, **overrides)
+    family = get_variant(name).family
+    try:
+        return family(config, in_chans=in_chans, num_classes=num_classes, image_size=image_size)
+    except ValueError as err:  # families raise ValueError for shape mismatches with the data
+        raise ConfigError(f"model {name!r} does not fit the data: {err}") from None
+
+
+def _import_families() -> None:
+    # Importing a family module registers its variants.
+    import importlib
+
+    for module in ("mixer", "dynconv", "resmlp", "densenet"):
+        try:
+            importlib.import_module(f"tinyvision.models.{module}")
+        except ModuleNotFoundError as err:
+            if err.name != f"tinyvision.models.{module}":
+                raise

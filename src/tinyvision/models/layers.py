@@ -1,0 +1,42 @@
+"""Small layers shared by the model families."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "gelu": nn.GELU,
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+}
+
+
+def make_norm(kind: str, dim: int) -> nn.Module:
+    """A normalisation over the last dimension, or the identity for ``"none"``."""
+    if kind == "none":
+        return nn.Identity()
+    if kind == "layer":
+        return nn.LayerNorm(dim)
+    if kind == "batch":
+        return nn.BatchNorm1d(dim)
+    raise ValueError(f"unknown norm {kind!r}")
+
+
+class DropPath(nn.Module):
+    """Stochastic depth: drop a residual branch for whole samples (Huang et al. 2016)."""
+
+    def __init__(self, prob: float = 0.0) -> None:
+        super().__init__()
+        self.prob = prob
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.prob == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.prob
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask / keep
+
+    def extra_repr(self) -> str:
+        return f"prob={self.prob}"
