@@ -167,7 +167,9 @@ def validate_config(raw: dict[str, Any]) -> Config:
     try:
         config = Config.model_validate(raw)
     except pydantic.ValidationError as err:
-        problems.append(format_validation_error(err, Config).removeprefix("invalid configuration:\n"))
+        problems.append(
+            format_validation_error(err, Config).removeprefix("invalid configuration:\n")
+        )
     if problems:
         raise ConfigError("invalid configuration:\n" + "\n".join(problems))
     return config
@@ -207,7 +209,9 @@ def format_validation_error(
             if problem["type"] == "value_error":  # raised by our own validators
                 message = message.removeprefix("Value error, ")
             got = problem.get("input")
-            lines.append(f"  {key}: {message}" + ("" if isinstance(got, dict) else f" (got {got!r})"))
+            lines.append(
+                f"  {key}: {message}" + ("" if isinstance(got, dict) else f" (got {got!r})")
+            )
     return "invalid configuration:\n" + "\n".join(lines)
 
 

@@ -18,3 +18,7 @@ class DataError(TinyVisionError):
 
 class TrainingError(TinyVisionError):
     """Training cannot go on (non-finite loss, out of memory); the message says why."""
+
+
+class TrainingInterrupted(TinyVisionError):
+    """Ctrl-C during training: the state was saved and the run can be resumed."""

@@ -2,10 +2,10 @@
 
 The brief, for an image split into N_p non-overlapping K x K patches:
 
-    stem        X = f(patches)                 X in R^(N_p x d), f linear or one-hidden-layer MLP
-    block i     O_1 = (g(X^T W_1) W_2)^T        W_1: N_p x h_1, W_2: h_1 x N_p  (mixes across patches)
-                O_2 = g(O_1 W_3) W_4            W_3: d x h_2,   W_4: h_2 x d_o  (mixes across features)
-    classifier  logits = head(mean over patches of O_2)   head: softmax regression or an MLP
+    stem        X = f(patches)             X in R^(N_p x d); f linear or one-hidden-layer MLP
+    block i     O_1 = (g(X^T W_1) W_2)^T    W_1: N_p x h_1, W_2: h_1 x N_p  (across patches)
+                O_2 = g(O_1 W_3) W_4        W_3: d x h_2,   W_4: h_2 x d_o  (across features)
+    classifier  logits = head(mean over patches of O_2);  head: softmax regression or an MLP
 
 With every option off (``bias=False, norm="none", skip=False, dropout=0``) this module is exactly
 those formulas: ``TokenMixing`` computes O_1, ``ChannelMixing`` computes O_2. The options are
@@ -95,8 +95,12 @@ class PatchStem(nn.Module):
         patch_values = k * k * in_chans
         if cfg.stem_hidden:
             self.proj: nn.Module = Mlp(
-                patch_values, cfg.stem_hidden, cfg.dim,
-                activation=cfg.activation, bias=cfg.bias, dropout=0.0,
+                patch_values,
+                cfg.stem_hidden,
+                cfg.dim,
+                activation=cfg.activation,
+                bias=cfg.bias,
+                dropout=0.0,
             )
         else:
             self.proj = nn.Linear(patch_values, cfg.dim, bias=cfg.bias)
@@ -116,8 +120,12 @@ class TokenMixing(nn.Module):
         super().__init__()
         self.norm = make_norm(cfg.norm, dim)
         self.mlp = Mlp(
-            num_patches, hidden, num_patches,
-            activation=cfg.activation, bias=cfg.bias, dropout=cfg.dropout,
+            num_patches,
+            hidden,
+            num_patches,
+            activation=cfg.activation,
+            bias=cfg.bias,
+            dropout=cfg.dropout,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -143,8 +151,14 @@ class MixerBlock(nn.Module):
     """B_i: token mixing then channel mixing, each optionally wrapped in a skip connection."""
 
     def __init__(
-        self, num_patches: int, dim: int, out_dim: int, token_hidden: int, channel_hidden: int,
-        cfg: MixerConfig, drop_path: float,
+        self,
+        num_patches: int,
+        dim: int,
+        out_dim: int,
+        token_hidden: int,
+        channel_hidden: int,
+        cfg: MixerConfig,
+        drop_path: float,
     ) -> None:
         super().__init__()
         self.skip = cfg.skip
@@ -175,19 +189,29 @@ class Mixer(nn.Module):
         dims_out = cfg.block_dims or [cfg.dim] * cfg.depth
         dims_in = [cfg.dim, *dims_out[:-1]]
         drop_paths = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
-        self.blocks = nn.Sequential(*[
-            MixerBlock(num_patches, d_in, d_out, h1, h2, cfg, dp)
-            for d_in, d_out, h1, h2, dp in zip(
-                dims_in, dims_out, cfg.per_block("token_hidden"),
-                cfg.per_block("channel_hidden"), drop_paths, strict=True,
-            )
-        ])
+        self.blocks = nn.Sequential(
+            *[
+                MixerBlock(num_patches, d_in, d_out, h1, h2, cfg, dp)
+                for d_in, d_out, h1, h2, dp in zip(
+                    dims_in,
+                    dims_out,
+                    cfg.per_block("token_hidden"),
+                    cfg.per_block("channel_hidden"),
+                    drop_paths,
+                    strict=True,
+                )
+            ]
+        )
         self.norm = make_norm(cfg.norm, dims_out[-1])
         self.num_features = dims_out[-1]
         if cfg.head_hidden:
             self.head: nn.Module = Mlp(
-                self.num_features, cfg.head_hidden, num_classes,
-                activation=cfg.activation, bias=True, dropout=cfg.dropout,
+                self.num_features,
+                cfg.head_hidden,
+                num_classes,
+                activation=cfg.activation,
+                bias=True,
+                dropout=cfg.dropout,
             )
         else:
             self.head = nn.Linear(self.num_features, num_classes)  # softmax regression
@@ -214,16 +238,39 @@ def _init_normal(module: nn.Module) -> None:
 
 # Variants: names for the configurations people ask for; each only sets arguments.
 register_variant(
-    "mixer_brief", Mixer, "brief A's minimum: linear stem, no bias/norm/skip, softmax regression",
-    patch_size=4, dim=128, depth=2, token_hidden=64, channel_hidden=256,
+    "mixer_brief",
+    Mixer,
+    "brief A's minimum: linear stem, no bias/norm/skip, softmax regression",
+    patch_size=4,
+    dim=128,
+    depth=2,
+    token_hidden=64,
+    channel_hidden=256,
 )
 register_variant(
-    "mixer", Mixer, "the brief's core with pre-norm, skips and biases (the default recipe)",
-    patch_size=4, dim=128, depth=4, token_hidden=64, channel_hidden=256,
-    bias=True, norm="layer", skip=True,
+    "mixer",
+    Mixer,
+    "the brief's core with pre-norm, skips and biases (the default recipe)",
+    patch_size=4,
+    dim=128,
+    depth=4,
+    token_hidden=64,
+    channel_hidden=256,
+    bias=True,
+    norm="layer",
+    skip=True,
 )
 register_variant(
-    "mixer_l", Mixer, "a wider, deeper Mixer for top accuracy",
-    patch_size=2, dim=256, depth=8, token_hidden=256, channel_hidden=1024,
-    bias=True, norm="layer", skip=True, drop_path=0.1,
+    "mixer_l",
+    Mixer,
+    "a wider, deeper Mixer for top accuracy",
+    patch_size=2,
+    dim=256,
+    depth=8,
+    token_hidden=256,
+    channel_hidden=1024,
+    bias=True,
+    norm="layer",
+    skip=True,
+    drop_path=0.1,
 )

@@ -1,0 +1,175 @@
+"""Residual MLP (brief C).
+
+The brief asks for a feed-forward MLP with residual connections in the sense of He et al. 2015
+("Deep Residual Learning for Image Recognition"), with the residual block its own module whose
+fully connected output widths are user parameters. The brief's figure of the exact network is
+lost, so this is the natural design, with He et al.'s identity shortcut:
+
+    stem        x_0 = flatten(image) W_s + b_s              W_s: (C*H*W) x w
+    block i     x_i = x_{i-1} + FC2(g(FC1(x_{i-1})))        FC1: w x h_i,  FC2: h_i x w
+    head        logits = x_n W_h + b_h                      W_h: w x num_classes
+
+``ResidualBlock`` computes one line "block i"; ``ResMLP`` composes stem, blocks and head. With
+every option off (``norm="none", dropout=0, drop_path=0``) the module is exactly those formulas.
+
+Design choices, each an extra *around* that core:
+
+- The shortcut is the identity (He et al.'s option A/identity mapping); only when a block changes
+  the width (``block_widths``) does it become a linear projection (their option B).
+- No activation after the addition: He et al. 2016 ("Identity Mappings in Deep Residual
+  Networks") showed a clean identity path trains deeper nets more easily, and the formula
+  above already has it.
+- ``norm`` ("batch" or "layer") goes in *pre-activation* position, at the entrance of the
+  residual branch: x + FC2(dropout(g(FC1(norm(x))))). The shortcut stays untouched, and since
+  the residual stream is then never normalised, one more norm sits before the head.
+- ``dropout`` acts on the hidden activation g(FC1(.)); ``drop_path`` drops the whole branch
+  per sample (stochastic depth), rising linearly over the blocks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from torch import nn
+
+from tinyvision.models import register_variant
+from tinyvision.models.layers import ACTIVATIONS, DropPath, make_norm
+
+Activation = Literal["gelu", "relu", "silu", "tanh"]
+Norm = Literal["none", "batch", "layer"]
+
+
+class ResMLPConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    width: PositiveInt = 256  # w: the stem's output width, kept by every identity shortcut
+    depth: PositiveInt = 2  # n residual blocks
+    # FC1's output width h_i: one value for every block, or a list with one value per block.
+    hidden: PositiveInt | list[PositiveInt] = 256
+    # FC2's output width of each block; [] = w everywhere (identity shortcuts only).
+    block_widths: list[PositiveInt] = []
+    activation: Activation = "relu"  # g; ReLU as in He et al.
+    bias: bool = True  # biases in every linear layer (an MLP's usual form)
+    # Extras around the core (all off = the plain design):
+    norm: Norm = "none"  # pre-activation norm at each branch's entrance, and before the head
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the hidden activation of each block
+    drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # stochastic depth, linearly over blocks
+
+    @model_validator(mode="after")
+    def _per_block_lists_match_depth(self) -> ResMLPConfig:
+        for name in ("hidden", "block_widths"):
+            value = getattr(self, name)
+            if isinstance(value, list) and value and len(value) != self.depth:
+                raise ValueError(f"{name} has {len(value)} entries but depth is {self.depth}")
+        return self
+
+    def per_block(self, name: str) -> list[int]:
+        value = getattr(self, name)
+        return list(value) if isinstance(value, list) else [value] * self.depth
+
+
+class ResidualBlock(nn.Module):
+    """x -> shortcut(x) + FC2(g(FC1(x))): one residual block with user-chosen FC widths.
+
+    ``hidden`` is FC1's output width, ``out_dim`` FC2's (default: ``in_dim``, so the shortcut is
+    the identity). ``norm``, ``dropout`` and ``drop_path`` are the optional extras.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        hidden: int,
+        out_dim: int | None = None,
+        *,
+        activation: str = "relu",
+        bias: bool = True,
+        norm: str = "none",
+        dropout: float = 0.0,
+        drop_path: float = 0.0,
+    ) -> None:
+        super().__init__()
+        out_dim = in_dim if out_dim is None else out_dim
+        self.norm = make_norm(norm, in_dim)  # pre-activation placement: branch entrance only
+        self.fc1 = nn.Linear(in_dim, hidden, bias=bias)
+        self.act = ACTIVATIONS[activation]()
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, out_dim, bias=bias)
+        self.drop_path = DropPath(drop_path)
+        # Identity when the width is kept (He et al.'s shortcut); a projection otherwise.
+        self.shortcut = (
+            nn.Identity() if out_dim == in_dim else nn.Linear(in_dim, out_dim, bias=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.fc2(self.drop(self.act(self.fc1(self.norm(x)))))  # FC2(g(FC1(x)))
+        return self.shortcut(x) + self.drop_path(branch)
+
+
+class ResMLP(nn.Module):
+    """flatten -> linear to w -> n residual blocks -> (norm) -> linear to num_classes."""
+
+    Config = ResMLPConfig
+
+    def __init__(
+        self, cfg: ResMLPConfig, *, in_chans: int, num_classes: int, image_size: tuple[int, int]
+    ) -> None:
+        super().__init__()
+        in_features = in_chans * math.prod(image_size)  # any image size: the MLP sees a vector
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(in_features, cfg.width, bias=cfg.bias))
+        dims_out = cfg.block_widths or [cfg.width] * cfg.depth
+        dims_in = [cfg.width, *dims_out[:-1]]
+        drop_paths = torch.linspace(0, cfg.drop_path, cfg.depth).tolist()
+        blocks = [
+            ResidualBlock(
+                d_in,
+                hidden,
+                d_out,
+                activation=cfg.activation,
+                bias=cfg.bias,
+                norm=cfg.norm,
+                dropout=cfg.dropout,
+                drop_path=dp,
+            )
+            for d_in, hidden, d_out, dp in zip(
+                dims_in, cfg.per_block("hidden"), dims_out, drop_paths, strict=True
+            )
+        ]
+        self.blocks = nn.Sequential(*blocks)
+        self.num_features = dims_out[-1]
+        self.norm = make_norm(cfg.norm, self.num_features)
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward_features(self, images: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.blocks(self.stem(images)))  # x_n: [B, w]
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        return self.head(features)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(images))
+
+
+# Variants: names for the configurations people ask for; each only sets arguments.
+register_variant(
+    "resmlp_brief",
+    ResMLP,
+    "brief C's plain residual MLP: w=256, 2 blocks, ReLU, no norm or dropout",
+    width=256,
+    depth=2,
+    hidden=256,
+)
+register_variant(
+    "resmlp",
+    ResMLP,
+    "a wider, deeper residual MLP with pre-activation LayerNorm, GELU and dropout",
+    width=1024,
+    depth=4,
+    hidden=1024,
+    activation="gelu",
+    norm="layer",
+    dropout=0.15,
+    drop_path=0.1,
+)

@@ -1,0 +1,193 @@
+"""The run folder: everything a run produces, one folder per run, never overwritten.
+
+    runs/<name>-<timestamp>/
+        config.toml          the resolved config: every hyperparameter, defaults included
+        environment.json     versions, hardware, device, data source and integrity check
+        metrics.jsonl/.csv   one row per epoch: train/val/test loss and accuracy, lr, time
+        steps.csv            the training loss every few steps (the fine-grained loss curve)
+        curves.png           loss curve and training/test accuracy curves
+        checkpoints/         last.pt and best.pt (full training state, for --resume)
+        model.pt             the final weights with what is needed to rebuild the model
+        summary.json         final accuracies, parameters, wall time
+
+Files are written atomically (temporary file, flush, fsync, rename): a crash leaves either the
+old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import sys
+import tempfile
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from tinyvision.config import Config, load_config
+from tinyvision.errors import TinyVisionError
+
+METRIC_COLUMNS = [
+    "epoch",
+    "step",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "val_loss",
+    "val_acc",
+    "test_loss",
+    "test_acc",
+    "epoch_seconds",
+    "elapsed_seconds",
+]
+
+
+def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename it in place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as file:
+            write(file)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda file: file.write(text.encode()))
+
+
+class RunFolder:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def create(cls, config: Config) -> RunFolder:
+        """A new, unique folder under ``train.out_dir`` holding the resolved config."""
+        name = config.train.name or f"{config.data.dataset}-{config.model_name}"
+        stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+        root = config.train.out_dir
+        root.mkdir(parents=True, exist_ok=True)
+        for attempt in range(1000):
+            path = root / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
+            try:
+                path.mkdir()  # fails if it exists: a run never overwrites another
+                break
+            except FileExistsError:
+                continue
+        run = cls(path)
+        atomic_write_text(run.config_path, config.to_toml())
+        return run
+
+    @classmethod
+    def open(cls, path: str | Path) -> RunFolder:
+        path = Path(path)
+        if not (path / "config.toml").is_file():
+            raise TinyVisionError(f"{path} is not a tinyvision run folder (no config.toml in it)")
+        return cls(path)
+
+    # --- paths -------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def last_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "last.pt"
+
+    @property
+    def best_checkpoint(self) -> Path:
+        return self.path / "checkpoints" / "best.pt"
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / "model.pt"
+
+    def load_config(self) -> Config:
+        return load_config(self.config_path)
+
+    # --- metrics -----------------------------------------------------------------------
+    def read_metrics(self) -> list[dict[str, Any]]:
+        path = self.path / "metrics.jsonl"
+        if not path.exists():
+            return []
+        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        """Rewrite both metrics files from ``rows`` (the checkpoint's copy is the truth).
+
+        Rewriting, rather than appending, is what keeps the files free of duplicated or missing
+        epochs when a run is killed between a checkpoint and the next append and then resumed.
+        """
+        atomic_write_text(
+            self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows)
+        )
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.path / "metrics.csv", buffer.getvalue())
+
+    def write_steps(self, steps: list[tuple[int, float, float]]) -> None:
+        lines = ["step,epoch,train_loss"] + [f"{s},{e:.4f},{loss:.6g}" for s, e, loss in steps]
+        atomic_write_text(self.path / "steps.csv", "\n".join(lines) + "\n")
+
+    def read_steps(self) -> list[tuple[int, float, float]]:
+        path = self.path / "steps.csv"
+        if not path.exists():
+            return []
+        rows = list(csv.DictReader(path.read_text().splitlines()))
+        return [(int(r["step"]), float(r["epoch"]), float(r["train_loss"])) for r in rows]
+
+    def write_json(self, name: str, data: dict[str, Any]) -> None:
+        atomic_write_text(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
+
+    def read_json(self, name: str) -> dict[str, Any]:
+        return json.loads((self.path / name).read_text())
+
+    # --- checkpoints -------------------------------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any], path: Path) -> None:
+        atomic_write(path, lambda file: torch.save(state, file))
+
+
+def environment(device: torch.device, data_source: dict[str, str]) -> dict[str, Any]:
+    """What produced a run: versions, hardware, device, data."""
+    import numpy
+
+    info: dict[str, Any] = {
+        "date": datetime.now().astimezone().isoformat(timespec="seconds"),
+        "command": " ".join(sys.argv),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "data": data_source,
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
