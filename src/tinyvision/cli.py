@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="per-layer shapes, parameters and MACs")
     summary.add_argument("model", help="a model variant name or a TOML config file")
     summary.add_argument("overrides", nargs="*", metavar="section.key=value")
-    summary.add_argument("--dataset", default="fashion-mnist",
-                         choices=["fashion-mnist", "cifar10"], help="input shape to assume")
+    summary.add_argument("--dataset", choices=["fashion-mnist", "cifar10"],
+                         help="input shape to assume (default: the config's, else fashion-mnist)")
 
     data = commands.add_parser("data", help="find or download a data set and verify it")
     data.add_argument("dataset", choices=["fashion-mnist", "cifar10"])

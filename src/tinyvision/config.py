@@ -219,8 +219,7 @@ def _field_paths(schema: type[BaseModel], prefix: str = "") -> list[str]:
     paths = []
     for name, field in schema.model_fields.items():
         annotation = field.annotation
+        paths.append(prefix + name)
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
             paths += _field_paths(annotation, f"{prefix}{name}.")
-        else:
-            paths.append(prefix + name)
     return paths

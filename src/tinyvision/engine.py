@@ -451,7 +451,7 @@ def check_finite(loss: torch.Tensor, state: dict[str, Any], epoch: int, config: 
         return
     raise TrainingError(
         f"the training loss became {loss.item()} at step {state['global_step']} "
-        f"(epoch {epoch + 1}). Likely cause: the learning rate (optim.lr = {config.optim.lr}) "
+        f"(epoch {epoch + 1}). Likely cause: the learning rate (optim.lr = {config.optim.lr:g}) "
         "is too high for this model; lower it, add warm-up (schedule.warmup_epochs) or "
         "gradient clipping (optim.grad_clip). The last good checkpoint is kept."
     )

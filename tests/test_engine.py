@@ -1,0 +1,179 @@
+import csv
+import json
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tinyvision.config import ScheduleConfig, load_config
+from tinyvision.engine import train
+from tinyvision.errors import TinyVisionError, TrainingError
+from tinyvision.models import create_model
+from tinyvision.optim import build_optimizer, lr_factor
+
+from conftest import REAL_FASHION
+
+
+def test_loss_falls_on_a_small_batch():
+    torch.manual_seed(0)
+    model = create_model("mixer", in_chans=1, num_classes=10, image_size=(28, 28),
+                         patch_size=7, dim=32, depth=2, token_hidden=16, channel_hidden=64)
+    config = load_config(None, ["optim.lr=3e-3"])
+    optimizer = build_optimizer(model, config.optim)
+    images, labels = torch.randn(32, 1, 28, 28), torch.arange(32) % 10
+    losses = []
+    for _ in range(40):
+        loss = F.cross_entropy(model(images), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_weight_decay_spares_norms_and_biases():
+    model = create_model("mixer", in_chans=1, num_classes=10, image_size=(28, 28), dim=8, depth=1)
+    config = load_config(None, ["optim.weight_decay=0.1"])
+    decay, no_decay = build_optimizer(model, config.optim).param_groups
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert all(p.ndim == 1 for p in no_decay["params"]) and no_decay["params"]
+
+
+@pytest.mark.parametrize("name", ["constant", "step", "cosine", "onecycle"])
+def test_schedules_warm_up_then_follow_their_shape(name):
+    cfg = ScheduleConfig(name=name, warmup_epochs=1, step_epochs=2, gamma=0.5, min_lr_ratio=0.1)
+    steps_per_epoch, total = 10, 60
+    factors = [lr_factor(s, cfg, steps_per_epoch, total) for s in range(total)]
+    assert factors[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])  # linear warm-up
+    after = factors[10:]
+    if name == "constant":
+        assert after == pytest.approx([1.0] * 50)
+    elif name == "step":  # x0.5 every 2 epochs, counted from the start
+        assert after[0] == 1.0 and factors[20] == 0.5 and factors[40] == 0.25
+    else:  # cosine and onecycle fall monotonically from 1 towards min_lr_ratio
+        assert after[0] == pytest.approx(1.0)
+        assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+        assert after[-1] == pytest.approx(0.1, abs=0.03)
+    if name == "cosine":
+        assert factors[35] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
+
+
+def test_run_folder_holds_every_artefact(tiny_config):
+    config = tiny_config("data.val_size=100")
+    result = train(config)
+    run = result.run_dir
+    names = {p.name for p in run.iterdir()}
+    assert {"config.toml", "environment.json", "metrics.jsonl", "metrics.csv", "steps.csv",
+            "curves.png", "checkpoints", "model.pt", "summary.json"} <= names
+    assert load_config(run / "config.toml") == config  # every hyperparameter, reloadable
+
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
+                    "lr", "epoch_seconds"):
+            assert key in row
+    csv_rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
+    assert [float(r["test_acc"]) for r in csv_rows] == [r["test_acc"] for r in rows]
+
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_test_acc"] == rows[-1]["test_acc"] == result.summary["final_test_acc"]
+    assert summary["final_test_acc"] > 0.5  # the tiny data set is easy; chance is 0.1
+    env = json.loads((run / "environment.json").read_text())
+    assert env["torch"] == torch.__version__ and env["data"]["location"]
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+
+    saved = torch.load(run / "model.pt", weights_only=False)
+    model = create_model(saved["model_name"], in_chans=saved["in_chans"],
+                         num_classes=saved["num_classes"], image_size=saved["image_size"],
+                         **saved["model_params"])
+    model.load_state_dict(saved["model"])
+
+
+def test_runs_never_overwrite_each_other(tiny_config):
+    config = tiny_config("train.epochs=1", "train.name=same")
+    first, second = train(config).run_dir, train(config).run_dir
+    assert first != second and first.parent == second.parent
+
+
+class Crash(Exception):
+    pass
+
+
+def test_crash_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_config, monkeypatch):
+    """Crash at step 17 (epoch 2 of 3; a checkpoint every 3 steps), resume from the checkpoint
+    on disk: the weights and metrics equal those of an uninterrupted run, bit for bit."""
+    settings = ("train.epochs=3", "train.deterministic=true", "train.checkpoint_every_steps=3",
+                "augment.flip=true", "augment.crop_padding=2", "model.dropout=0.1",
+                "train.ema_decay=0.9")
+    uninterrupted = train(tiny_config(*settings))
+
+    import tinyvision.engine
+
+    real_create_model = tinyvision.engine.create_model
+    calls = {"train": 0}
+
+    def crashing_model(*args, **kwargs):
+        model = real_create_model(*args, **kwargs)
+
+        def hook(module, inputs):
+            if module.training:
+                calls["train"] += 1
+                if calls["train"] == 17:
+                    raise Crash
+
+        model.register_forward_pre_hook(hook)
+        return model
+
+    monkeypatch.setattr(tinyvision.engine, "create_model", crashing_model)
+    with pytest.raises(Crash):
+        train(tiny_config(*settings))
+    monkeypatch.undo()
+    (run_dir,) = [p for p in uninterrupted.run_dir.parent.iterdir() if p != uninterrupted.run_dir]
+    checkpoint = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=False)
+    assert checkpoint["state"]["global_step"] == 15 and checkpoint["state"]["step_in_epoch"] == 5
+
+    resumed = train(resume=run_dir)
+    a = torch.load(resumed.run_dir / "model.pt", weights_only=False)["model"]
+    b = torch.load(uninterrupted.run_dir / "model.pt", weights_only=False)["model"]
+    assert a.keys() == b.keys()
+    for key in b:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
+    rows_a = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [json.loads(x) for x in (uninterrupted.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows_a] == [1, 2, 3]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
+            assert ra[key] == rb[key], key
+
+
+def test_non_finite_loss_stops_with_the_step_and_the_likely_cause(tiny_config):
+    config = tiny_config("optim.name=sgd", "optim.lr=1e12", "optim.momentum=0.0")
+    with pytest.raises(TrainingError, match=r"became (nan|inf) at step \d+ .*optim.lr = 1e\+12"):
+        train(config)
+
+
+def test_bad_input_fails_before_a_run_folder_exists(tiny_config, tmp_path):
+    config = tiny_config("model.patch_size=5")
+    with pytest.raises(TinyVisionError, match="patch_size 5 does not divide"):
+        train(config)
+    assert not (tmp_path / "runs").exists()
+    with pytest.raises(TinyVisionError, match="larger than the"):
+        train(tiny_config("data.batch_size=100000"))
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+def test_short_training_on_real_fashion_mnist(tmp_path):
+    """One epoch of a small Mixer on the real data: well above chance (stated bar: 80%)."""
+    config = load_config(None, [
+        f'train.out_dir="{tmp_path}"', "train.epochs=1", "train.progress=off",
+        "model.patch_size=7", "model.dim=64", "model.depth=2", "model.token_hidden=32",
+        "model.channel_hidden=128", "data.batch_size=128", "optim.lr=2e-3",
+    ])
+    summary = train(config).summary
+    assert summary["final_test_acc"] >= 0.80
