@@ -86,6 +86,10 @@ class TrainConfig(Section):
     seed: int = 0
     device: str = "auto"  # auto = CUDA, then Apple MPS, then CPU; or "cpu", "cuda:1", ...
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
+    # GPU fast path; "auto" = on with CUDA. Neither changes what the model computes beyond
+    # floating-point rounding.
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the model
+    channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC memory layout (conv models)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA of weights
     eval_every: PositiveInt = 1  # evaluate every N epochs (and always after the last)

@@ -8,7 +8,7 @@ progress bar and the loss curve).
 Exact resume: a checkpoint holds the model, optimiser, scheduler, EMA, every random-number
 state, the data loader's generator state at the start of the epoch, the step reached within the
 epoch and the metrics so far. Resuming rebuilds the epoch's batch order from that generator
-state and skips the batches already done, so an interrupted run ends with the same weights as an
+state and starts at the step reached, so an interrupted run ends with the same weights as an
 uninterrupted one (bit for bit with ``train.deterministic = true`` on the CPU).
 """
 
@@ -19,6 +19,7 @@ import math
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,15 +27,19 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from tinyvision import distributed
 from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset, split_validation
+from tinyvision.distributed import World
 from tinyvision.errors import TinyVisionError, TrainingError, TrainingInterrupted
 from tinyvision.models import create_model
 from tinyvision.optim import build_optimizer, build_scheduler
 from tinyvision.runs import RunFolder, environment
 
+SINGLE_PROCESS = World()
 LOG_EVERY = 20  # steps between points of the loss curve (and progress-bar refreshes)
 CHECKPOINT_VERSION = 1
 
@@ -92,9 +97,12 @@ def configure_torch(config: Config) -> None:
 
 
 def build_loaders(
-    config: Config, dataset: ImageDataset, device: torch.device
+    config: Config, dataset: ImageDataset, device: torch.device, world: World, channels_last: bool
 ) -> tuple[DeviceLoader, dict[str, DeviceLoader]]:
-    """The training loader, and the evaluation loaders by split name (``val`` and ``test``)."""
+    """The training loader, and the evaluation loaders by split name (``val`` and ``test``).
+
+    Under torchrun each process gets its shard of every split (see ``distributed.py``).
+    """
     train_images, train_labels = dataset.train_images, dataset.train_labels
     eval_splits: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     if config.data.val_size:
@@ -103,17 +111,23 @@ def build_loaders(
         train_images, train_labels = train_images[train_idx], train_labels[train_idx]
     eval_splits["test"] = (dataset.test_images, dataset.test_labels)
 
-    aug = config.augment
+    batch_size = distributed.check_batch(config.data.batch_size, world)
+    if batch_size > len(train_labels) // world.size:
+        raise TinyVisionError(
+            f"data.batch_size {config.data.batch_size} is larger than the {len(train_labels)} "
+            "training images: lower it"
+        )
     common = {
         "mean": dataset.mean,
         "std": dataset.std,
         "device": device,
         "num_classes": dataset.num_classes,
+        "channels_last": channels_last,
     }
+    aug = config.augment
     train_loader = DeviceLoader(
-        train_images,
-        train_labels,
-        batch_size=config.data.batch_size,
+        *distributed.shard(train_images, train_labels, world, equal=True),
+        batch_size=batch_size,
         shuffle=True,
         drop_last=True,
         augment=Augment(
@@ -123,13 +137,13 @@ def build_loaders(
             mixup_alpha=aug.mixup_alpha,
             cutmix_alpha=aug.cutmix_alpha,
         ),
-        generator=torch.Generator(device=device).manual_seed(config.train.seed),
+        # Each process shuffles and augments its shard with its own stream.
+        generator=torch.Generator(device=device).manual_seed(config.train.seed + world.rank),
         **common,
     )
     eval_loaders = {
         split: DeviceLoader(
-            images,
-            labels,
+            *distributed.shard(images, labels, world, equal=False),
             batch_size=config.data.eval_batch_size,
             shuffle=False,
             drop_last=False,
@@ -137,11 +151,6 @@ def build_loaders(
         )
         for split, (images, labels) in eval_splits.items()
     }
-    if len(train_loader) == 0:
-        raise TinyVisionError(
-            f"data.batch_size {config.data.batch_size} is larger than the {len(train_labels)} "
-            "training images: lower it"
-        )
     return train_loader, eval_loaders
 
 
@@ -158,39 +167,67 @@ def make_ema(model: nn.Module, decay: float) -> torch.optim.swa_utils.AveragedMo
 
 @torch.inference_mode()
 def evaluate(
-    model: nn.Module, loader: DeviceLoader, autocast: contextlib.AbstractContextManager
+    model: nn.Module,
+    loader: DeviceLoader,
+    autocast: contextlib.AbstractContextManager,
+    world: World = SINGLE_PROCESS,
 ) -> tuple[float, float]:
-    """Mean cross-entropy and accuracy over a whole split, in eval mode."""
+    """Mean cross-entropy and accuracy over a whole split, in eval mode (summed over all
+    processes under torchrun)."""
     was_training = model.training
     model.eval()
-    loss_sum = torch.zeros((), device=loader.device)
-    correct = torch.zeros((), device=loader.device, dtype=torch.long)
-    count = 0
+    sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
     for images, labels in loader:
         with autocast:
             logits = model(images)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(1) == labels).sum()
-        count += labels.shape[0]
+        sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
+        sums[1] += (logits.argmax(1) == labels).sum()
+        sums[2] += labels.shape[0]
     model.train(was_training)
-    return loss_sum.item() / count, correct.item() / count
+    loss_sum, correct, count = distributed.all_reduce_sum(sums, world).tolist()
+    return loss_sum / count, correct / count
 
 
 # --- training -----------------------------------------------------------------------------
 
 
-def train(config: Config | None = None, *, resume: str | Path | None = None) -> RunResult:
-    """Train ``config``, or resume the run in folder ``resume`` with its saved config."""
+def train(
+    config: Config | None = None,
+    *,
+    resume: str | Path | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> RunResult:
+    """Train ``config``, or resume the run in folder ``resume`` with its saved config.
+
+    ``on_epoch(row)`` is called with each epoch's metrics once they are saved; an exception it
+    raises (a sweep pruning a trial, say) stops training with the run folder consistent.
+    """
     if resume is None and config is None:
         raise ValueError("train() needs a config or a run folder to resume")
+    run: RunFolder | None = None
     if resume is not None:
         run = RunFolder.open(resume)
         config = run.load_config()
         if not run.last_checkpoint.exists():
             raise TinyVisionError(f"{run.path} has no checkpoint to resume from")
+    world, device_name = distributed.init(config.train.device)  # torchrun: one process per device
+    try:
+        return _train(config, run, world, resolve_device(device_name), on_epoch)
+    finally:
+        distributed.shutdown(world)
+
+
+def _train(
+    config: Config,
+    run: RunFolder | None,
+    world: World,
+    device: torch.device,
+    on_epoch: Callable[[dict[str, Any]], None] | None,
+) -> RunResult:
     configure_torch(config)
-    device = resolve_device(config.train.device)
-    progress = {"auto": None, "on": False, "off": True}[config.train.progress]  # tqdm's disable
+    main = world.is_main  # only process 0 prints and writes files
+    show_progress = main and config.train.progress != "off"
+    bar_disable = None if config.train.progress == "auto" and main else not show_progress
 
     # Data and model come first: bad input fails here, before a run folder exists.
     dataset = load_dataset(
@@ -198,9 +235,9 @@ def train(config: Config | None = None, *, resume: str | Path | None = None) -> 
         config.data.data_dir,
         download=config.data.download,
         verify=config.data.verify,
-        progress=progress is not True,
+        progress=show_progress,
     )
-    torch.manual_seed(config.train.seed)
+    torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = create_model(
         config.model_name,
         in_chans=dataset.in_chans,
@@ -208,11 +245,23 @@ def train(config: Config | None = None, *, resume: str | Path | None = None) -> 
         image_size=dataset.image_size,
         **config.model_params,
     ).to(device)
-    train_loader, eval_loaders = build_loaders(config, dataset, device)
+    channels_last = _fast_path(config.train.channels_last, device) and any(
+        isinstance(m, nn.Conv2d) for m in model.modules()
+    )
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    train_loader, eval_loaders = build_loaders(config, dataset, device, world, channels_last)
     steps_per_epoch = len(train_loader)
     optimizer = build_optimizer(model, config.optim, fused=device.type == "cuda")
     scheduler = build_scheduler(optimizer, config.schedule, steps_per_epoch, config.train.epochs)
     ema = make_ema(model, config.train.ema_decay)
+    eval_model = ema.module if ema is not None else model  # evaluated and saved at the end
+    if _fast_path(config.train.compile, device):
+        model.compile()  # in place: state_dict keys are unchanged
+        if ema is not None:
+            ema.module.compile()
+    # DDP averages gradients across processes during backward.
+    step_model = DistributedDataParallel(model) if world.distributed else model
     autocast = autocast_for(config, device)
     num_params = sum(p.numel() for p in model.parameters())
 
@@ -226,10 +275,11 @@ def train(config: Config | None = None, *, resume: str | Path | None = None) -> 
         "steps": [],
         "best": None,
         "partial": None,
-        "loader_generator": train_loader.generator.get_state(),
+        "world_size": world.size,
     }
-    if resume is None:
-        run = RunFolder.create(config)
+    loader_epoch_start = train_loader.generator.get_state()  # rebuilds the epoch's batches
+    if run is None:
+        run = RunFolder.create(config) if main else None
     else:
         checkpoint = torch.load(run.last_checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
@@ -238,36 +288,71 @@ def train(config: Config | None = None, *, resume: str | Path | None = None) -> 
         if ema is not None:
             ema.load_state_dict(checkpoint["ema"])
         state = checkpoint["state"]
-        train_loader.generator.set_state(state["loader_generator"].cpu())
-        torch.set_rng_state(checkpoint["torch_rng"].cpu())
-        if device.type == "cuda" and checkpoint.get("cuda_rng") is not None:
-            torch.cuda.set_rng_state(checkpoint["cuda_rng"].cpu(), device)
-        print(f"resuming {run.path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
-    run.write_json(
-        "environment.json", {**environment(device, dataset.source), "parameters": num_params}
-    )
+        if state.get("world_size", 1) != world.size:
+            raise TinyVisionError(
+                f"{run.path} was trained by {state.get('world_size', 1)} processes: "
+                "resume it with the same number"
+            )
+        mine = checkpoint["processes"][world.rank]  # this process's random-number streams
+        loader_epoch_start = mine["loader_epoch_start"].cpu()
+        train_loader.generator.set_state(loader_epoch_start)
+        torch.set_rng_state(mine["torch_rng"].cpu())
+        if device.type == "cuda" and mine["cuda_rng"] is not None:
+            torch.cuda.set_rng_state(mine["cuda_rng"].cpu(), device)
+        if main:
+            print(f"resuming {run.path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
+    run_path = distributed.gather(run.path if run is not None else None, world)[0]
+    if main:
+        run.write_json(
+            "environment.json",
+            {
+                **environment(device, dataset.source),
+                "parameters": num_params,
+                "processes": world.size,
+            },
+        )
 
-    def checkpoint_state() -> dict[str, Any]:
-        return {
+    def save_checkpoint(*, best: bool = False) -> None:
+        """last.pt (and best.pt). Collective under torchrun: every process hands over its
+        random-number streams, process 0 writes."""
+        processes = distributed.gather(
+            {
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+                "loader_epoch_start": loader_epoch_start,
+            },
+            world,
+        )
+        if not main:
+            return
+        checkpoint = {
             "version": CHECKPOINT_VERSION,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "ema": ema.state_dict() if ema is not None else None,
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+            "processes": processes,
             "state": state,
             "config": config.model_dump(mode="json"),
         }
+        run.save_checkpoint(checkpoint, run.last_checkpoint)
+        if best:
+            run.save_checkpoint(checkpoint, run.best_checkpoint)
 
-    print(
-        f"training {config.model_name} ({num_params:,} parameters) on {config.data.dataset} "
-        f"[{dataset.source.get('integrity', '')}] for {config.train.epochs} epochs on {device}; "
-        f"run folder: {run.path}"
-    )
+    if main:
+        print(
+            f"training {config.model_name} ({num_params:,} parameters) on {config.data.dataset} "
+            f"[{dataset.source.get('integrity', '')}] for {config.train.epochs} epochs on "
+            f"{device}"
+            + (f" x {world.size} processes" if world.distributed else "")
+            + f"; run folder: {run_path}"
+        )
     model.train()
     started = time.perf_counter() - state["elapsed"]
     stop = StopRequest()
+    # Checks that need the host are made every step on a CPU (free there) but only every
+    # LOG_EVERY steps on a GPU or across processes, where each one is a synchronisation.
+    check_every = 1 if device.type != "cuda" and not world.distributed else LOG_EVERY
     try:
         for epoch in range(state["epoch"], config.train.epochs):
             epoch_started = time.perf_counter()
@@ -276,16 +361,16 @@ def train(config: Config | None = None, *, resume: str | Path | None = None) -> 
             bar = tqdm(
                 total=steps_per_epoch,
                 initial=skip,
-                disable=progress,
+                disable=bar_disable,
                 leave=False,
                 desc=f"epoch {epoch + 1}/{config.train.epochs}",
                 unit="step",
             )
-            for step_in_epoch, (images, targets) in enumerate(train_loader):
-                if step_in_epoch < skip:
-                    continue  # replayed only to bring the loader's generator to where it was
+            # The epoch's batch order is drawn from the loader's generator state at its start;
+            # a resumed epoch draws the same and starts at the step it had reached.
+            for step_in_epoch, (images, targets) in enumerate(train_loader.epoch(skip), skip):
                 with autocast:
-                    logits = model(images)
+                    logits = step_model(images)
                 loss = F.cross_entropy(
                     logits.float(), targets, label_smoothing=config.train.label_smoothing
                 )
@@ -304,85 +389,83 @@ def train(config: Config | None = None, *, resume: str | Path | None = None) -> 
                 state["global_step"] += 1
                 state["step_in_epoch"] = step_in_epoch + 1
                 bar.update()
-                if device.type != "cuda" or state["global_step"] % LOG_EVERY == 0:
-                    check_finite(detached, state, epoch, config)
+                if state["global_step"] % check_every == 0:
+                    check_finite(detached, state, epoch, config, world)
+                    stopping = distributed.any_process(stop.requested, world, device)
+                else:
+                    stopping = False
                 if state["global_step"] % LOG_EVERY == 0:
                     mean_loss = totals.take_window() / LOG_EVERY
                     epoch_float = epoch + (step_in_epoch + 1) / steps_per_epoch
                     state["steps"].append((state["global_step"], epoch_float, mean_loss))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 every = config.train.checkpoint_every_steps
-                if every and state["global_step"] % every == 0:
+                if (every and state["global_step"] % every == 0) or stopping:
                     state["partial"] = totals.state()
                     state["elapsed"] = time.perf_counter() - started
-                    run.save_checkpoint(checkpoint_state(), run.last_checkpoint)
-                if stop.requested:  # Ctrl-C: stop between two steps, where the state is whole
+                    save_checkpoint()
+                if stopping:  # Ctrl-C: stopped between two steps, where the state is whole
                     bar.close()
-                    state["partial"] = totals.state()
-                    state["elapsed"] = time.perf_counter() - started
-                    run.save_checkpoint(checkpoint_state(), run.last_checkpoint)
                     raise TrainingInterrupted(
                         f"interrupted at epoch {epoch + 1}, step {state['global_step']}; the "
                         f"training state is saved.\nResume with:  tinyvision train --resume "
-                        f"{run.path}"
+                        f"{run_path}"
                     )
             bar.close()
 
             # End of epoch: metrics, evaluation, checkpoints, curves.
+            train_sums = distributed.all_reduce_sum(totals.sums(), world).tolist()
             row: dict[str, Any] = {
                 "epoch": epoch + 1,
                 "step": state["global_step"],
                 "lr": scheduler.get_last_lr()[0],
-                "train_loss": totals.loss_sum.item() / totals.seen,
-                "train_acc": totals.correct.item() / totals.seen,
+                "train_loss": train_sums[0] / train_sums[2],
+                "train_acc": train_sums[1] / train_sums[2],
             }
-            check_finite(torch.tensor(row["train_loss"]), state, epoch, config)
-            last_epoch = epoch + 1 == config.train.epochs
-            if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
-                eval_model = ema.module if ema is not None else model
+            check_finite(torch.tensor(row["train_loss"]), state, epoch, config, world)
+            if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == config.train.epochs:
                 for split, loader in eval_loaders.items():
                     row[f"{split}_loss"], row[f"{split}_acc"] = evaluate(
-                        eval_model, loader, autocast
+                        eval_model, loader, autocast, world
                     )
             row["epoch_seconds"] = time.perf_counter() - epoch_started
             row["elapsed_seconds"] = time.perf_counter() - started
-            print(format_row(row, config.train.epochs), flush=True)
+            if main:
+                print(format_row(row, config.train.epochs), flush=True)
 
             state["metrics"].append(row)
             state.update(
-                epoch=epoch + 1,
-                step_in_epoch=0,
-                partial=None,
-                elapsed=row["elapsed_seconds"],
-                loader_generator=train_loader.generator.get_state(),
+                epoch=epoch + 1, step_in_epoch=0, partial=None, elapsed=row["elapsed_seconds"]
             )
+            loader_epoch_start = train_loader.generator.get_state()
             score = selection_score(row)
             is_best = state["best"] is None or score > state["best"]
             if is_best:
                 state["best"] = score
-            checkpoint = checkpoint_state()
-            run.save_checkpoint(checkpoint, run.last_checkpoint)
-            if is_best:
-                run.save_checkpoint(checkpoint, run.best_checkpoint)
-            run.write_metrics(state["metrics"])
-            run.write_steps(state["steps"])
-            from tinyvision.report import plot_curves
+            save_checkpoint(best=is_best)
+            if main:
+                run.write_metrics(state["metrics"])
+                run.write_steps(state["steps"])
+                from tinyvision.report import plot_curves  # report reads runs: import late
 
-            plot_curves(run)
+                plot_curves(run)
+            if on_epoch is not None:
+                on_epoch(row)
     except torch.cuda.OutOfMemoryError:
         raise TrainingError(
             f"out of GPU memory with data.batch_size = {config.data.batch_size}: try a smaller "
-            "batch (e.g. data.batch_size="
-            f"{max(1, config.data.batch_size // 2)}) or a smaller "
-            "model; the last checkpoint is kept in "
-            f"{run.path}"
+            f"batch (e.g. data.batch_size={max(1, config.data.batch_size // 2)}) or a smaller "
+            f"model; the last checkpoint is kept in {run_path}"
         ) from None
     finally:
         stop.restore()
 
-    final_model = ema.module if ema is not None else model
-    summary = finish_run(run, config, final_model, dataset, num_params)
-    return RunResult(run.path, summary)
+    summary = finish_run(run, config, eval_model, dataset, num_params) if main else {}
+    return RunResult(Path(run_path), summary)
+
+
+def _fast_path(setting: str, device: torch.device) -> bool:
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 class EpochTotals:
@@ -408,6 +491,16 @@ class EpochTotals:
         self.correct += (logits.argmax(1) == labels).sum()
         self.seen += labels.shape[0]
         self.window += loss
+
+    def sums(self) -> torch.Tensor:
+        """[loss sum, correct, seen] as one tensor, to add up across processes."""
+        return torch.stack(
+            [
+                self.loss_sum.double(),
+                self.correct.double(),
+                torch.tensor(float(self.seen), device=self.loss_sum.device, dtype=torch.float64),
+            ]
+        )
 
     def take_window(self) -> float:
         value = self.window.item()
@@ -446,8 +539,11 @@ class StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
-def check_finite(loss: torch.Tensor, state: dict[str, Any], epoch: int, config: Config) -> None:
-    if math.isfinite(loss.item()):
+def check_finite(
+    loss: torch.Tensor, state: dict[str, Any], epoch: int, config: Config, world: World
+) -> None:
+    """Stop on a NaN or infinite loss (in every process, if any one of them sees it)."""
+    if not distributed.any_process(not math.isfinite(loss.item()), world, loss.device):
         return
     raise TrainingError(
         f"the training loss became {loss.item()} at step {state['global_step']} "
@@ -519,4 +615,7 @@ def finish_run(
         f"(train {summary['final_train_acc']:.2%}) after {summary['epochs']} epochs, "
         f"{summary['train_seconds']:.0f}s\nrun folder: {run.path}"
     )
+    from tinyvision.report import report_after_training
+
+    report_after_training(run, dataset)  # report.html and report.md, from model.pt
     return summary

@@ -88,7 +88,9 @@ def load_dataset(
     located, tried = sources.locate(info, sources.search_places(name, data_dir))
     if located is None:
         if not download:
-            raise sources.not_found_error(info, tried, "download: not tried (download=False, CLI --no-download)")
+            raise sources.not_found_error(
+                info, tried, "download: not tried (download=False, CLI --no-download)"
+            )
         try:
             located = sources.download(info, progress=progress)
         except DataError as err:
