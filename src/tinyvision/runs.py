@@ -48,11 +48,16 @@ METRIC_COLUMNS = [
 ]
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
     """Write ``path`` through ``write(file)`` into a temporary file, then rename it in place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; keep the user's usual mode
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -158,6 +163,17 @@ class RunFolder:
     # --- checkpoints -------------------------------------------------------------------
     def save_checkpoint(self, state: dict[str, Any], path: Path) -> None:
         atomic_write(path, lambda file: torch.save(state, file))
+
+    def remove_temporaries(self) -> list[Path]:
+        """Delete the temporary files of writes cut short by a kill (see ``atomic_write``).
+
+        Only for a run no process is writing to, such as one about to be resumed: the files
+        themselves are never half-written, but a SIGKILL during a write leaves its temporary.
+        """
+        stale = [path for path in self.path.rglob(".*.tmp") if path.is_file()]
+        for path in stale:
+            path.unlink(missing_ok=True)
+        return stale
 
 
 def environment(device: torch.device, data_source: dict[str, str]) -> dict[str, Any]:

@@ -1,0 +1,895 @@
+"""Hyperparameter sweeps on Optuna, scored on a validation split held out of the training data.
+
+    tinyvision sweep CONFIG [section.key=value ...] --space SPACE.toml --trials N
+                     [--storage URL] [--study-name NAME] [--out DIR] [--seed S] [--val-size N]
+
+Every trial trains ``CONFIG`` (plus the overrides, which are fixed for every trial) with values
+drawn from the search space, in its own run folder, and is scored on the *validation* split
+(``data.val_size`` training images, held out with a seeded, stratified split). The test split
+is never part of the score: tuning against it would leak the test set into the result (see
+``objective_value``). Each epoch's validation accuracy is reported to Optuna, and a
+``MedianPruner`` stops trials that fall below the median of earlier trials at the same epoch.
+
+The space file (TOML) maps dotted config keys to distributions under ``[params]``; an optional
+``[sweep]`` table tunes the search itself::
+
+    [sweep]                      # optional; the defaults are shown
+    objective = "final"          # "final": last epoch's val_acc; "best": the best epoch's
+    sampler = "tpe"              # "tpe" (Bayesian) or "random"
+    prune = true                 # MedianPruner on the per-epoch val_acc
+    prune_startup_trials = 5     # trials that finish before any trial is pruned
+    prune_warmup_epochs = 2      # epochs every trial runs before it can be pruned
+
+    [params]
+    "optim.lr" = {type = "float", low = 1e-4, high = 1e-2, log = true}
+    "optim.name" = {type = "categorical", choices = ["adam", "radam", "sgd"]}
+    "model.depth" = {type = "int", low = 1, high = 4}
+    "model.dim" = {type = "int", low = 64, high = 256, step = 64}
+    "optim.betas" = {type = "categorical", choices = [[0.9, 0.999], [0.9, 0.99]]}
+
+Distributions: ``float`` (``low``, ``high``, optional ``log`` or ``step``), ``int`` (``low``,
+``high``, optional ``log`` or ``step``) and ``categorical`` (``choices``: any TOML values; lists
+and tables are stored in the study as their TOML text). Unquoted dotted keys (``optim.lr = {...}``)
+and sub-tables (``[params.optim]``) mean the same. The file is validated before anything runs:
+unknown distribution types, ``low >= high``, keys that are not config keys, and values a config
+would refuse (each key is checked by building a config with its bounds or every choice) are all
+reported at once in one ConfigError.
+
+Storage: ``sqlite:///<out>/study.db`` by default, or any SQLAlchemy URL (``--storage``). Workers
+on several machines share one study by running the same command with the same storage and study
+name (``postgresql+psycopg2://user:password@host/db``); each runs ``--trials`` trials.
+
+The sweep folder (default ``<train.out_dir>/sweeps/<study name>``)::
+
+    study.db              the Optuna study (default SQLite storage only)
+    trials/trial-NNNN-*/  one run folder per trial (a normal run folder: config, metrics, curves)
+    trials.csv, trials.md every trial: number, state, params, val_acc, epochs, time, run folder
+    best.toml             the best trial's config with data.val_size = 0, for ``tinyvision train``
+    history.png, intermediate.png, importances.png, slices.png   plots of the search
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import os
+import random
+import socket
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from difflib import get_close_matches
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import pydantic
+import tomli_w
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+
+from tinyvision.config import Config, load_config, tomllib
+from tinyvision.errors import ConfigError, TinyVisionError, TrainingError, TrainingInterrupted
+from tinyvision.runs import atomic_write, atomic_write_text
+
+try:
+    import optuna
+except ImportError as err:  # pragma: no cover - the optional `sweep` extra is not installed
+    raise TinyVisionError(
+        "sweeps need Optuna: pip install 'tinyvision[sweep]' (or pip install optuna)"
+    ) from err
+
+DEFAULT_VAL_FRACTION = 0.1  # of the training set, when neither the config nor --val-size sets it
+TARGET = "validation accuracy"  # what the plots call the objective
+
+# Keys a space may not search, and why.
+RESERVED_KEYS = {
+    "data.val_size": "the validation split must be the same for every trial (use --val-size)",
+    "train.seed": "it also seeds the validation split, which must be the same for every trial",
+    "train.out_dir": "the sweep puts every trial's run folder in its own folder (use --out)",
+    "train.name": "the sweep names the trials' run folders",
+}
+
+# Settings that may differ between workers of one study without changing what a trial computes
+# (where the data lives, which device, how many threads); all the others must match.
+MACHINE_KEYS = {
+    "data": {"data_dir", "download", "verify", "eval_batch_size"},
+    "train": {"out_dir", "name", "device", "threads", "progress", "compile", "channels_last"},
+}
+
+
+# --- the space file -------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _check_bounds(low: float, high: float, log: bool) -> None:
+    if not low < high:
+        raise ValueError(
+            f"low ({low!r}) must be below high ({high!r}); to fix a value, give it as an "
+            "override key=value instead"
+        )
+    if log and low <= 0:
+        raise ValueError(f"log = true needs low > 0 (got low = {low!r})")
+
+
+class FloatParam(_Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False  # sample log(x) uniformly: for learning rates, weight decay...
+    step: float | None = Field(None, gt=0)  # a grid low, low + step, ...
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step is not None:
+            raise ValueError("log and step cannot be combined: sample on a log scale or a grid")
+        return self
+
+    def suggest(self, trial: optuna.Trial, key: str) -> Any:
+        return trial.suggest_float(key, self.low, self.high, log=self.log, step=self.step)
+
+    def samples(self) -> list[Any]:
+        return [self.low, self.high]
+
+
+class IntParam(_Strict):
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: PositiveInt = 1
+
+    @pydantic.model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_bounds(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("log and step cannot be combined: sample on a log scale or a grid")
+        return self
+
+    def suggest(self, trial: optuna.Trial, key: str) -> Any:
+        return trial.suggest_int(key, self.low, self.high, step=self.step, log=self.log)
+
+    def samples(self) -> list[Any]:
+        # The largest grid point: Optuna never samples a high that is off the grid.
+        return [self.low, self.low + (self.high - self.low) // self.step * self.step]
+
+
+class CategoricalParam(_Strict):
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+    @pydantic.field_validator("choices")
+    @classmethod
+    def _unique(cls, choices: list[Any]) -> list[Any]:
+        texts = [toml_value(choice) for choice in choices]
+        repeated = sorted({text for text in texts if texts.count(text) > 1})
+        if repeated:
+            raise ValueError(f"choices repeat {', '.join(repeated)}")
+        return choices
+
+    @property
+    def _encoded(self) -> bool:
+        # Optuna stores scalar choices as they are; lists and tables go in as their TOML text.
+        return any(isinstance(choice, list | dict) for choice in self.choices)
+
+    def optuna_choices(self) -> list[Any]:
+        return [toml_value(c) for c in self.choices] if self._encoded else list(self.choices)
+
+    def decode(self, stored: Any) -> Any:
+        """The config value of a choice as Optuna stores it."""
+        if not self._encoded:
+            return stored
+        return dict(zip(self.optuna_choices(), self.choices, strict=True))[stored]
+
+    def suggest(self, trial: optuna.Trial, key: str) -> Any:
+        return self.decode(trial.suggest_categorical(key, self.optuna_choices()))
+
+    def samples(self) -> list[Any]:
+        return list(self.choices)
+
+
+Param = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+PARAM_TYPES = {"float": FloatParam, "int": IntParam, "categorical": CategoricalParam}
+
+
+class SweepSettings(_Strict):
+    """The ``[sweep]`` table: how the search runs."""
+
+    # What a finished trial scores: the last epoch's validation accuracy (what `tinyvision
+    # train best.toml` will produce) or the best epoch's (kinder to noisy, unstable configs).
+    objective: Literal["final", "best"] = "final"
+    sampler: Literal["tpe", "random"] = "tpe"
+    prune: bool = True
+    prune_startup_trials: NonNegativeInt = 5  # the median needs a few finished trials first
+    prune_warmup_epochs: NonNegativeInt = 2  # early epochs are too noisy to judge a trial by
+
+
+class SearchSpace(_Strict):
+    sweep: SweepSettings = SweepSettings()
+    params: dict[str, Param] = Field(min_length=1)
+
+    @pydantic.field_validator("params")
+    @classmethod
+    def _keys(cls, params: dict[str, Any]) -> dict[str, Any]:
+        problems = [problem for key in params if (problem := key_problem(key))]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return params
+
+    def suggest(self, trial: optuna.Trial) -> dict[str, Any]:
+        """One value per key, drawn by ``trial``: the trial's config overrides."""
+        return {key: param.suggest(trial, key) for key, param in self.params.items()}
+
+    def decode(self, stored: dict[str, Any]) -> dict[str, Any]:
+        """Config values from the params of a finished trial, as Optuna stored them."""
+        return {
+            key: param.decode(stored[key]) if isinstance(param, CategoricalParam) else stored[key]
+            for key, param in self.params.items()
+        }
+
+
+def key_problem(key: str) -> str | None:
+    """Why ``key`` cannot be searched, if it cannot (before asking the config about it)."""
+    if len(key.split(".")) < 2 or not all(key.split(".")):
+        return f"{key!r} is not a dotted config key such as 'optim.lr'"
+    if key in RESERVED_KEYS:
+        return f"{key} cannot be searched: {RESERVED_KEYS[key]}"
+    return None
+
+
+ParamCheck = Callable[[str, FloatParam | IntParam | CategoricalParam], list[str]]
+_PARAM = pydantic.TypeAdapter(Param)
+
+
+def load_space(path: str | Path, check: ParamCheck | None = None) -> SearchSpace:
+    """Read and validate a space file; every problem is reported at once in one ConfigError.
+
+    Each distribution is validated on its own, so one bad entry hides no other; ``check(key,
+    param)`` then lists what the config says about each valid one (see ``Sweep.check_param``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"space file {str(path)!r} does not exist")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{path} is not valid TOML: {err}") from None
+
+    problems: list[str] = []
+    for key in raw:
+        if key not in SearchSpace.model_fields:
+            hint = "distributions go under [params], e.g. [params] optim.lr = {type = ...}"
+            close = get_close_matches(key, list(SearchSpace.model_fields), n=1, cutoff=0.6)
+            hint = f"did you mean [{close[0]}]?" if close else hint
+            problems.append(f"  {key}: unknown table; {hint}")
+    settings = SweepSettings()
+    try:
+        settings = SweepSettings.model_validate(raw.get("sweep", {}))
+    except pydantic.ValidationError as err:
+        problems += [_settings_problem(problem) for problem in err.errors()]
+    raw_params = raw.get("params")
+    params: dict[str, Any] = {}
+    if not isinstance(raw_params, dict) or not raw_params:
+        problems.append("  [params]: missing or empty: the table of config keys to search")
+        raw_params = {}
+    for key, value in _flatten_params(raw_params).items():
+        if reason := key_problem(key):
+            problems.append(f"  {key}: {reason.removeprefix(f'{key} ')}")
+            continue
+        try:
+            params[key] = _PARAM.validate_python(value)
+        except pydantic.ValidationError as err:
+            problems += [_param_problem(key, problem) for problem in err.errors()]
+            continue
+        if check is not None:
+            problems += [line for line in check(key, params[key]) if line not in problems]
+    if problems:
+        raise ConfigError(f"invalid search space {path}:\n" + "\n".join(problems))
+    return SearchSpace(sweep=settings, params=params)
+
+
+def _flatten_params(node: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``optim.lr = {...}`` and ``[params.optim] lr = {...}`` both mean the key ``optim.lr``."""
+    flat: dict[str, Any] = {}
+    for key, value in node.items():
+        is_section = (
+            isinstance(value, dict)
+            and "type" not in value
+            and value
+            and all(isinstance(v, dict) for v in value.values())
+        )
+        if is_section:
+            flat.update(_flatten_params(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = value
+    return flat
+
+
+def _param_problem(key: str, problem: Any) -> str:
+    loc = [str(part) for part in problem["loc"]]
+    kind = problem["type"]
+    fields: list[str] = []
+    if loc and loc[0] in PARAM_TYPES:  # the union tag pydantic puts in the location
+        fields = list(PARAM_TYPES[loc[0]].model_fields)
+        loc = loc[1:]
+    if kind == "union_tag_invalid":
+        tag = problem.get("ctx", {}).get("tag")
+        return f"  {key}: unknown distribution type {tag!r}: use {_type_names()}"
+    if kind == "union_tag_not_found":
+        return f"  {key}: no distribution type: add type = {_type_names()}"
+    if kind == "model_attributes_type":
+        return (
+            f"  {key}: must be a distribution table such as "
+            f'{{type = "float", low = 1e-4, high = 1e-2}} (got {problem["input"]!r})'
+        )
+    if kind == "extra_forbidden":
+        return f"  {key}: unknown setting {loc[-1]!r}; this type takes {', '.join(fields)}"
+    message = problem["msg"].removeprefix("Value error, ")
+    got = problem.get("input")
+    shown = "" if isinstance(got, dict) or not loc else f" (got {got!r})"
+    return f"  {'.'.join([key, *loc])}: {message}{shown}"
+
+
+def _settings_problem(problem: Any) -> str:
+    key = ".".join(["sweep", *(str(part) for part in problem["loc"])])
+    if problem["type"] == "extra_forbidden":
+        known = [f"sweep.{k}" for k in SweepSettings.model_fields]
+        close = get_close_matches(key, known, n=1, cutoff=0.6)
+        return f"  {key}: unknown key." + (f" Did you mean {close[0]!r}?" if close else "")
+    got = problem.get("input")
+    return f"  {key}: {problem['msg']}" + ("" if isinstance(got, dict) else f" (got {got!r})")
+
+
+def _type_names() -> str:
+    return ", ".join(f'"{name}"' for name in PARAM_TYPES)
+
+
+def toml_value(value: Any) -> str:
+    """``value`` as one line of TOML, the form overrides take: ``0.003``, ``"radam"``, ``[1, 2]``.
+
+    Lists and tables are written inline by hand: tomli_w spreads arrays over several lines.
+    """
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{tomli_w.dumps({k: 0}).partition('=')[0].strip()} = {toml_value(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+
+
+def overrides_for(values: dict[str, Any]) -> list[str]:
+    return [f"{key}={toml_value(value)}" for key, value in values.items()]
+
+
+def param_problems(
+    config_path: str | Path | None,
+    overrides: Sequence[str],
+    key: str,
+    param: FloatParam | IntParam | CategoricalParam,
+) -> list[str]:
+    """What the config says about searching ``key``: a config is built with each bound (or
+    each choice), so a key it does not know, or a value it refuses, shows up before any run."""
+    problems: list[str] = []
+    for value in param.samples():
+        try:
+            load_config(config_path, [*overrides, f"{key}={toml_value(value)}"])
+        except ConfigError as err:
+            lines = str(err).splitlines()
+            for line in lines[1:] if len(lines) > 1 else [f"  {key}: {err}"]:
+                if line.strip().partition(":")[0] != key:  # a knock-on effect on another key
+                    line += f" (when {key} = {toml_value(value)})"
+                if line not in problems:
+                    problems.append(line)
+    return problems
+
+
+# --- scoring --------------------------------------------------------------------------------
+
+
+def objective_value(summary: dict[str, Any], objective: Literal["final", "best"]) -> float:
+    """What a finished trial scores: validation accuracy, and only that.
+
+    This is the one place a trial's score is read, and it reads the validation split held out
+    of the training data. ``final_test_acc`` (the test split) is recorded in the trials table
+    for information but never scores a trial: choosing hyperparameters by it would leak the
+    test set into the reported result.
+    """
+    key = {"final": "final_val_acc", "best": "best_val_acc"}[objective]
+    value = summary.get(key)
+    if value is None:
+        raise TrainingError("the trial has no validation accuracy: was data.val_size set to 0?")
+    return float(value)
+
+
+# --- the sweep ------------------------------------------------------------------------------
+
+
+@dataclass
+class SweepResult:
+    out_dir: Path
+    study_name: str
+    storage: str  # the URL, password hidden
+    rows: list[dict[str, Any]]  # the trials table
+    best_number: int | None
+    best_value: float | None
+    best_config: Path | None  # best.toml, None while no trial has completed
+
+
+class Sweep:
+    """One worker of a study: builds the trials' configs, runs trials, writes the outputs."""
+
+    def __init__(
+        self,
+        config_path: str | Path | None,
+        space: SearchSpace,
+        *,
+        overrides: Sequence[str] = (),
+        study_name: str,
+        out_dir: Path,
+        val_size: int,
+    ) -> None:
+        self.config_path = config_path
+        self.space = space
+        self.overrides = list(overrides)
+        self.study_name = study_name
+        self.out_dir = out_dir
+        self.val_size = val_size
+        # Set by the sweep for every trial; the params come before so these always win.
+        self.fixed = [
+            f"data.val_size={val_size}",
+            f"train.out_dir={toml_value(str(out_dir / 'trials'))}",
+        ]
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
+
+    def config_for(self, values: dict[str, Any], trial_number: int | None = None) -> Config:
+        extra = [] if trial_number is None else [f'train.name="trial-{trial_number:04d}"']
+        return load_config(
+            self.config_path, [*self.overrides, *overrides_for(values), *self.fixed, *extra]
+        )
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The base config every trial starts from, without machine-local settings: workers
+        sharing a study must agree on it."""
+        dumped = self.config_for({}).model_dump(mode="json")
+        for section, keys in MACHINE_KEYS.items():
+            for key in keys:
+                dumped.get(section, {}).pop(key, None)
+        return dumped
+
+    # --- one trial --------------------------------------------------------------------------
+
+    def objective(self, trial: optuna.Trial) -> float:
+        from tinyvision.engine import train
+
+        values = self.space.suggest(trial)
+        trial.set_user_attr("worker", self.worker)
+        started = time.perf_counter()
+        rows: list[dict[str, Any]] = []
+
+        def on_epoch(row: dict[str, Any]) -> None:
+            if not rows:  # recorded at once, so a worker that dies still leaves the folder
+                trial.set_user_attr("run_dir", str(self._run_dir(trial.number) or ""))
+            rows.append(row)
+            trial.set_user_attr("epochs", row["epoch"])
+            if "val_acc" not in row:  # train.eval_every > 1: this epoch was not evaluated
+                return
+            trial.report(row["val_acc"], step=row["epoch"])  # validation only, never test
+            # Pruning after the last epoch would save nothing and lose a finished data point.
+            # (With [sweep] prune = false the pruner never prunes.)
+            if row["epoch"] < config.train.epochs and trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"val_acc {row['val_acc']:.4f} at epoch {row['epoch']} is below the median"
+                )
+
+        try:
+            config = self.config_for(values, trial.number)  # before any on_epoch call
+            result = train(config, on_epoch=on_epoch)
+            value = objective_value(result.summary, self.space.sweep.objective)
+        except (TrainingError, ValueError) as err:  # (optuna.TrialPruned passes through)
+            # A diverged run or a combination of values the model refuses (say a patch size
+            # that does not divide the image): this trial fails, the sweep goes on.
+            trial.set_user_attr("error", str(err).splitlines()[0])
+            raise
+        finally:
+            run_dir = self._run_dir(trial.number)
+            trial.set_user_attr("run_dir", str(run_dir or ""))
+            trial.set_user_attr("seconds", time.perf_counter() - started)
+            if rows and "val_acc" in rows[-1]:
+                trial.set_user_attr("val_acc", rows[-1]["val_acc"])
+            if rows and "test_acc" in rows[-1]:
+                trial.set_user_attr("test_acc", rows[-1]["test_acc"])  # for information only
+        return value
+
+    def _run_dir(self, number: int) -> Path | None:
+        found = sorted((self.out_dir / "trials").glob(f"trial-{number:04d}-*"))
+        return found[-1].resolve() if found else None
+
+    # --- outputs ----------------------------------------------------------------------------
+
+    def write_outputs(self, study: optuna.Study) -> tuple[list[dict[str, Any]], Path | None]:
+        rows, columns = trials_table(study, self.space)
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(self.out_dir / "trials.csv", buffer.getvalue())
+        atomic_write_text(self.out_dir / "trials.md", self.markdown(study, rows, columns))
+        best_path = self.write_best(study)
+        plot_search(study, self.out_dir)
+        return rows, best_path
+
+    def markdown(self, study: optuna.Study, rows: list[dict[str, Any]], columns: list[str]) -> str:
+        shown = [c for c in columns if c != "best"]
+        head = {"number": "#", "val_acc": "val acc", "test_acc": "test acc (info)"}
+        lines = [
+            f"# Sweep {self.study_name}",
+            "",
+            f"Scored on a validation split of {self.val_size} training images "
+            f"({self.space.sweep.objective} epoch's val_acc). The test accuracy is shown for "
+            "information only: it never scores or selects a trial.",
+            "",
+            "| " + " | ".join(head.get(c, c) for c in shown) + " |",
+            "|" + "|".join("---" for _ in shown) + "|",
+        ]
+        for row in rows:
+            cells = [_cell(c, row.get(c), self.out_dir) for c in shown]
+            if row["best"]:
+                cells[shown.index("state")] += " (best)"
+            lines.append("| " + " | ".join(cells) + " |")
+        best = _best_trial(study)
+        if best is not None:
+            lines += ["", f"Best: trial {best.number}, val acc {best.value:.2%}: best.toml"]
+        return "\n".join(lines) + "\n"
+
+    def write_best(self, study: optuna.Study) -> Path | None:
+        """best.toml: the best trial's config, trained on the full training split."""
+        best = _best_trial(study)
+        path = self.out_dir / "best.toml"
+        if best is None:
+            return None
+        values = self.space.decode(best.params)
+        # The base config with the trial's values, its own out_dir and name (not the sweep's
+        # trial folder), and no validation split: the final model trains on all the data.
+        config = load_config(self.config_path, [*self.overrides, *overrides_for(values)])
+        config.data.val_size = 0
+        states = [t.state for t in study.get_trials(deepcopy=False)]
+        counts = ", ".join(
+            f"{states.count(state)} {state.name.lower()}"
+            for state in optuna.trial.TrialState
+            if states.count(state)
+        )
+        searched = "\n".join(f"#   {line}" for line in overrides_for(values))
+        header = (
+            f"# Best configuration of sweep {self.study_name!r}: trial {best.number} of "
+            f"{len(states)} ({counts}),\n"
+            f"# val_acc {best.value:.2%} ({self.space.sweep.objective} epoch) on {self.val_size} "
+            "training images held out as a validation split.\n"
+            f"# Searched values:\n{searched}\n"
+            "# data.val_size is reset to 0 here, so the final model trains on the full training\n"
+            "# split; its test accuracy, measured once at the end, is the result to report:\n"
+            f"#   tinyvision train {path}\n\n"
+        )
+        atomic_write_text(path, header + config.to_toml())
+        return path
+
+
+def trials_table(study: optuna.Study, space: SearchSpace) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every trial of the study, whichever worker ran it: report 2's hand-made table."""
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    keys = list(space.params)
+    keys += sorted({k for t in trials for k in t.params} - set(keys))
+    best = _best_trial(study)
+    rows = []
+    for t in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            val_acc = t.value
+        elif t.intermediate_values:  # pruned (or stopped): the last validation accuracy seen
+            val_acc = t.intermediate_values[max(t.intermediate_values)]
+        else:
+            val_acc = None
+        seconds = t.duration.total_seconds() if t.duration else t.user_attrs.get("seconds")
+        note = t.user_attrs.get("error", "")
+        if t.state == optuna.trial.TrialState.PRUNED:
+            note = f"pruned after epoch {t.user_attrs.get('epochs', '?')}"
+        rows.append(
+            {
+                "number": t.number,
+                "state": t.state.name,
+                "best": best is not None and t.number == best.number,
+                **{key: t.params.get(key) for key in keys},
+                "val_acc": val_acc,
+                "epochs": t.user_attrs.get("epochs", 0),
+                "seconds": seconds,
+                "run_dir": t.user_attrs.get("run_dir", ""),
+                "worker": t.user_attrs.get("worker", ""),
+                "note": note,
+                "test_acc": t.user_attrs.get("test_acc"),  # information only: never the score
+            }
+        )
+    columns = ["number", "state", "best", *keys, "val_acc", "epochs", "seconds", "run_dir"]
+    columns += ["worker"]
+    return rows, [*columns, "note", "test_acc"]
+
+
+def _best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = [
+        t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    # The highest validation score; ties go to the earliest trial, as in Optuna.
+    return max(complete, key=lambda t: (t.value, -t.number), default=None)
+
+
+def _cell(column: str, value: Any, out_dir: Path) -> str:
+    if value is None or value == "":
+        return ""
+    if column in ("val_acc", "test_acc"):
+        return f"{value:.2%}"
+    if column == "seconds":
+        return f"{value:.0f}s"
+    if column == "run_dir":
+        path = Path(value)
+        return (
+            str(path.relative_to(out_dir.resolve()))
+            if path.is_relative_to(out_dir.resolve())
+            else str(path)
+        )
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value).replace("|", "\\|")
+
+
+def plot_search(study: optuna.Study, out_dir: Path) -> list[Path]:
+    """PNG plots of the search with optuna.visualization.matplotlib (no plotly needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display needed
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as om
+
+    complete = [
+        t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE
+    ]
+    plots: dict[str, Callable[[optuna.Study], Any]] = {}
+    if complete:
+        plots["history.png"] = functools.partial(om.plot_optimization_history, target_name=TARGET)
+    if any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        plots["intermediate.png"] = om.plot_intermediate_values  # per-epoch val_acc, pruning
+    if len(complete) >= 2:  # one point per axis says nothing (and matplotlib warns)
+        plots["slices.png"] = functools.partial(om.plot_slice, target_name=TARGET)
+        plots["importances.png"] = functools.partial(om.plot_param_importances, target_name=TARGET)
+    written = []
+    for name, plot in plots.items():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                axes = plot(study)
+        except Exception as err:  # a plot is a bonus: it never costs the sweep its results
+            # (e.g. importances when every finished trial drew the same values)
+            print(f"plot {name} skipped: {err}")
+            continue
+        first = axes.flat[0] if hasattr(axes, "flat") else axes
+        if name == "intermediate.png":  # Optuna's generic "step" and "intermediate value"
+            first.set(xlabel="epoch", ylabel=TARGET, title="Validation accuracy per epoch")
+        figure = first.figure
+        atomic_write(
+            out_dir / name,
+            lambda f, fig=figure: fig.savefig(f, format="png", dpi=110, bbox_inches="tight"),
+        )
+        plt.close(figure)
+        written.append(out_dir / name)
+    return written
+
+
+# --- storage --------------------------------------------------------------------------------
+
+
+def open_storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's database. Retries a few times: workers started together race to create the
+    tables, and the loser of that race gets an integrity error that a retry resolves."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    try:
+        parsed = sqlalchemy.engine.make_url(url)
+    except sqlalchemy.exc.ArgumentError:
+        raise ConfigError(
+            f"--storage {url!r} is not an SQLAlchemy URL such as sqlite:///study.db or "
+            "postgresql+psycopg2://user:password@host/db"
+        ) from None
+    # Long trials leave connections idle; check each one before use rather than fail on it.
+    engine_kwargs = {} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
+    for attempt in range(6):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                # The heartbeat lets the other workers mark a dead worker's trial as failed.
+                return optuna.storages.RDBStorage(
+                    url, engine_kwargs=engine_kwargs, heartbeat_interval=60, grace_period=180
+                )
+        except sqlalchemy.exc.ArgumentError as err:  # e.g. an unknown dialect or driver
+            raise ConfigError(f"--storage {mask_url(url)}: {err}") from None
+        except ImportError as err:
+            raise ConfigError(
+                f"no database driver for {parsed.drivername}: {err.__cause__ or err}. For "
+                "PostgreSQL: pip install 'tinyvision[sweep]' (psycopg2-binary)"
+            ) from None
+        except sqlalchemy.exc.OperationalError as err:
+            if attempt == 5:
+                raise TinyVisionError(
+                    f"cannot open the study storage {mask_url(url)}: {err.orig}"
+                ) from None
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == 5:
+                raise
+        time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
+
+
+def mask_url(url: str) -> str:
+    import sqlalchemy
+
+    return sqlalchemy.engine.make_url(url).render_as_string(hide_password=True)
+
+
+def default_val_size(config: Config) -> int:
+    """10% of the training set (6000 images of Fashion-MNIST, 5000 of CIFAR-10)."""
+    from tinyvision.data import load_dataset
+
+    dataset = load_dataset(
+        config.data.dataset,
+        config.data.data_dir,
+        download=config.data.download,
+        verify=config.data.verify,
+    )
+    return max(dataset.num_classes, round(DEFAULT_VAL_FRACTION * len(dataset.train_labels)))
+
+
+def _check_study(study: optuna.Study, key: str, value: Any, what: str) -> None:
+    """The first worker records ``value``; every later one must bring the same."""
+    stored = study.user_attrs.get(key)
+    if stored is None:
+        study.set_user_attr(key, value)
+        return
+    if stored != value:
+        differences = _differences(stored, value)
+        raise ConfigError(
+            f"study {study.study_name!r} was started with a different {what}"
+            + (f" ({'; '.join(differences[:6])})" if differences else "")
+            + ": start every worker with the same config, overrides and space, or give this "
+            "search another --study-name"
+        )
+
+
+def _differences(there: Any, here: Any, prefix: str = "") -> list[str]:
+    if isinstance(there, dict) and isinstance(here, dict):
+        out = []
+        for key in sorted(set(there) | set(here), key=str):
+            out += _differences(there.get(key), here.get(key), f"{prefix}{key}.")
+        return out
+    if there != here:
+        return [f"{prefix.rstrip('.')}: {there!r} there, {here!r} here"]
+    return []
+
+
+def run_sweep(
+    config_path: str | Path | None,
+    space: SearchSpace | str | Path,
+    trials: int,
+    *,
+    overrides: Sequence[str] = (),
+    storage: str | None = None,
+    study_name: str | None = None,
+    out_dir: str | Path | None = None,
+    seed: int | None = None,
+    val_size: int | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+) -> SweepResult:
+    """Run ``trials`` trials of the study (0: only rewrite the table, best config and plots).
+
+    ``seed`` seeds the sampler, for a reproducible search with one worker; leave it unset when
+    several workers share a study, or they would all draw the same values. ``pruner`` replaces
+    the MedianPruner that the space's ``[sweep]`` table configures.
+    """
+    if trials < 0:
+        raise ConfigError(f"--trials must be 0 or more (got {trials})")
+    base = load_config(config_path, overrides)
+    # Every problem of the space, structure and fit to the config, before anything is created.
+    check = functools.partial(param_problems, config_path, overrides)
+    if not isinstance(space, SearchSpace):
+        study_name = study_name or Path(space).stem
+        space = load_space(space, check)
+    elif problems := [line for key, p in space.params.items() for line in check(key, p)]:
+        raise ConfigError("the search space does not fit the config:\n" + "\n".join(problems))
+    study_name = study_name or "sweep"
+    if val_size is None:
+        val_size = base.data.val_size or default_val_size(base)
+    if val_size <= 0:
+        raise ConfigError(
+            "a sweep scores trials on a validation split held out of the training data, never "
+            f"on the test split: --val-size must be positive (got {val_size})"
+        )
+    out = Path(out_dir) if out_dir is not None else base.train.out_dir / "sweeps" / study_name
+    sweep = Sweep(
+        config_path,
+        space,
+        overrides=overrides,
+        study_name=study_name,
+        out_dir=out,
+        val_size=val_size,
+    )
+    sweep.config_for({})  # the base config with the sweep's own settings
+
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    settings = space.sweep
+    if pruner is None:
+        pruner = (
+            optuna.pruners.MedianPruner(
+                n_startup_trials=settings.prune_startup_trials,
+                n_warmup_steps=settings.prune_warmup_epochs,
+            )
+            if settings.prune
+            else optuna.pruners.NopPruner()
+        )
+    if settings.sampler == "random":
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.RandomSampler(seed=seed)
+    else:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            # constant_liar: running trials count as bad guesses, so parallel workers spread out
+            sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+    study = optuna.create_study(
+        storage=open_storage(url),
+        study_name=study_name,
+        direction="maximize",
+        sampler=sampler,
+        pruner=pruner,
+        load_if_exists=True,  # the first worker creates the study, the others join it
+    )
+    _check_study(study, "space", space.model_dump(mode="json"), "search space")
+    _check_study(study, "val_size", val_size, "validation split size")
+    _check_study(study, "base_config", sweep.fingerprint(), "base config")
+    print(
+        f"sweep {study_name!r}: {trials} trial(s) on this worker, storage {mask_url(url)}, "
+        f"scored on {val_size} held-out training images; folder {out}",
+        flush=True,
+    )
+    try:
+        if trials:
+            study.optimize(sweep.objective, n_trials=trials, catch=(TrainingError, ValueError))
+    except TrainingInterrupted:  # Ctrl-C: the trial is marked failed; keep what was found
+        sweep.write_outputs(study)
+        raise
+    rows, best_path = sweep.write_outputs(study)
+    print((out / "trials.md").read_text(), flush=True)
+    best = _best_trial(study)
+    if best_path is not None:
+        print(f"best config: {best_path}\ntrain it with:  tinyvision train {best_path}")
+    else:
+        print("no trial has completed yet: no best.toml")
+    return SweepResult(
+        out_dir=out,
+        study_name=study_name,
+        storage=mask_url(url),
+        rows=rows,
+        best_number=best.number if best is not None else None,
+        best_value=best.value if best is not None else None,
+        best_config=best_path,
+    )
+
+
+__all__ = [
+    "SearchSpace",
+    "SweepResult",
+    "load_space",
+    "objective_value",
+    "run_sweep",
+    "trials_table",
+]
