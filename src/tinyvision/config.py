@@ -12,6 +12,7 @@ Overrides use dotted keys and TOML values: ``optim.lr=3e-3``, ``model.depth=4``,
 
 from __future__ import annotations
 
+import re
 import sys
 from difflib import get_close_matches
 from pathlib import Path
@@ -33,7 +34,11 @@ Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    # No setting has a use for NaN or infinity (TOML can write both): reject them here rather
+    # than let an lr = inf reach the optimiser.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 class DataConfig(Section):
@@ -83,7 +88,7 @@ class ScheduleConfig(Section):
 
 class TrainConfig(Section):
     epochs: PositiveInt = 10
-    seed: int = 0
+    seed: int = Field(0, ge=0, lt=2**63)  # the range torch.manual_seed accepts, from 0
     device: str = "auto"  # auto = CUDA, then Apple MPS, then CPU; or "cpu", "cuda:1", ...
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
     # GPU fast path; "auto" = on with CUDA. Neither changes what the model computes beyond
@@ -97,8 +102,17 @@ class TrainConfig(Section):
     deterministic: bool = False  # deterministic kernels (exact resume on CPU)
     threads: NonNegativeInt = 0  # CPU threads for torch; 0 = torch's default
     out_dir: Path = Path("runs")
-    name: str = ""  # run folder prefix; defaults to "<dataset>-<model>"
+    name: str = Field("", max_length=100)  # run folder prefix; defaults to "<dataset>-<model>"
     progress: Literal["auto", "on", "off"] = "auto"  # auto = bars only on a terminal
+    report: bool = True  # write report.html / report.md at the end (sweep trials skip it)
+
+    @pydantic.field_validator("name")
+    @classmethod
+    def _one_folder_name(cls, name: str) -> str:
+        # A "/" would put the run elsewhere under out_dir, or, from "/", anywhere on the disk.
+        if not re.fullmatch(r"[\w.+-]*", name) or name in (".", ".."):
+            raise ValueError("must be one plain folder name: letters, digits, '_', '.', '+', '-'")
+        return name
 
 
 class Config(Section):
@@ -202,7 +216,7 @@ def format_validation_error(
     """One line per problem, with the dotted key and, for unknown keys, a 'did you mean'."""
     known = _field_paths(schema) if schema is not None else []
     lines = []
-    for problem in err.errors():
+    for problem in _one_branch_per_union(err.errors()):
         key = (prefix + ".".join(str(part) for part in problem["loc"])).rstrip(".") or "config"
         if problem["type"] == "extra_forbidden":
             close = get_close_matches(key, [prefix + k for k in known], n=1, cutoff=0.6)
@@ -217,6 +231,36 @@ def format_validation_error(
                 f"  {key}: {message}" + ("" if isinstance(got, dict) else f" (got {got!r})")
             )
     return "invalid configuration:\n" + "\n".join(lines)
+
+
+# pydantic's error types for "not even the right type" (as opposed to a wrong value).
+_TYPE_MISMATCH = ("_type", "_parsing", "int_from_float")
+
+
+def _one_branch_per_union(problems: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """For a union field (``int | list[int]``) pydantic reports every branch it tried, with the
+    branch's name in the location ("constrained-int", "list[constrained-int]"). Keep only the
+    branch that accepted the value's type (for [0]: "token_hidden.0: should be greater than
+    0", not also "should be a valid integer"), or the first one if none did; drop the names."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for problem in problems:
+        loc = problem["loc"]
+        branch = next((i for i, part in enumerate(loc) if _is_union_branch(part)), len(loc))
+        groups.setdefault(loc[:branch], []).append(problem)
+    kept = []
+    for group in groups.values():
+        matched = [p for p in group if not p["type"].endswith(_TYPE_MISMATCH)]
+        for problem in matched or group[:1]:
+            loc = tuple(part for part in problem["loc"] if not _is_union_branch(part))
+            kept.append({**problem, "loc": loc})
+    return kept
+
+
+def _is_union_branch(part: str | int) -> bool:
+    # Field names are identifiers; branch names are types: "int", "list[int]", "literal['a']".
+    return isinstance(part, str) and (
+        not part.isidentifier() or part in ("int", "float", "str", "bool", "list", "dict")
+    )
 
 
 def _field_paths(schema: type[BaseModel], prefix: str = "") -> list[str]:

@@ -445,6 +445,7 @@ class Sweep:
         self.fixed = [
             f"data.val_size={val_size}",
             f"train.out_dir={toml_value(str(out_dir / 'trials'))}",
+            "train.report=false",  # the trials table is the sweep's report
         ]
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
