@@ -13,6 +13,9 @@ from tinyvision.config import Config, load_config
 
 REAL_FASHION = Path("/usr/share/datasets/fashion-mnist")
 
+# The `reliability` fixture: tests record the faults and bad inputs they try (docs/reliability.md).
+pytest_plugins = ["reliability_log"]
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """An IDX file (gzip-compressed), the official Fashion-MNIST format."""

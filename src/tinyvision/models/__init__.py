@@ -48,10 +48,11 @@ def list_variants() -> list[Variant]:
 
 def get_variant(name: str) -> Variant:
     _import_families()
-    if name not in _VARIANTS:
+    # A name from a config may be any TOML value: a list is unhashable, a number not a name.
+    if not isinstance(name, str) or name not in _VARIANTS:
         from difflib import get_close_matches
 
-        close = get_close_matches(name, _VARIANTS, n=3)
+        close = get_close_matches(name, _VARIANTS, n=3) if isinstance(name, str) else []
         hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""
         raise ConfigError(
             f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_VARIANTS))}."
