@@ -1,10 +1,15 @@
 """The ``tinyvision`` command line.
 
-    tinyvision train [CONFIG] [section.key=value ...]   train (defaults: the quick Mixer recipe)
+    tinyvision train [CONFIG] [section.key=value ...]   train (no CONFIG: the built-in defaults)
     tinyvision train --resume RUN                       continue an interrupted run
     tinyvision models                                   list the registered model variants
     tinyvision summary MODEL-OR-CONFIG                  layers, shapes, parameters, MACs
     tinyvision data DATASET                             find (or fetch) and verify a data set
+    tinyvision report RUN                               (re)write RUN/report.html and report.md
+    tinyvision compare RUN... | FOLDER [--html OUT]    a table of runs, their settings, results
+    tinyvision sweep CONFIG --space SPACE --trials N    hyperparameter search (Optuna)
+    tinyvision predict RUN IMAGE...                     classify image files with a run's model
+    tinyvision export RUN [--out FILE.onnx]             write the run's model as ONNX
 """
 
 from __future__ import annotations
@@ -17,12 +22,16 @@ from tinyvision.errors import TinyVisionError, TrainingInterrupted
 
 EXAMPLES = """\
 examples:
-  tinyvision train                                  quick Mixer recipe on Fashion-MNIST
+  tinyvision train configs/fmnist-mixer-quick.toml  the quick recipe (make train)
   tinyvision train configs/fmnist-densenet.toml     a recipe from a config file
   tinyvision train configs/fmnist-mixer.toml optim.lr=3e-3 train.epochs=5
   tinyvision train --resume runs/fashion-mnist-mixer-20261122-101500
   tinyvision summary densenet_brief                 the brief's shape questions, answered
   tinyvision data fashion-mnist --data-dir ~/data   check where the data comes from
+  tinyvision report runs/fashion-mnist-mixer-20261122-101500
+  tinyvision compare runs/ --sort time --html compare.html
+  tinyvision sweep configs/fmnist-mixer.toml train.epochs=20 \\
+      --space configs/sweep-fmnist-mixer.toml --trials 40   search on a validation split
 """
 
 
@@ -66,11 +75,94 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--data-dir")
     data.add_argument("--no-verify", action="store_true")
     data.add_argument("--no-download", action="store_true")
+
+    report = commands.add_parser(
+        "report", help="write a run's report.html and report.md",
+        description="Evaluate the run's model.pt on the test split and write report.html "
+        "(self-contained), report.md, the confusion matrix, misclassified images and "
+        "per_class.json into the run folder.",
+    )
+    report.add_argument("run", help="a run folder")
+    report.add_argument("--device", help="evaluate here (default: the run's device if present, "
+                        "else the CPU)")
+
+    compare = commands.add_parser(
+        "compare", help="compare runs: settings that differ and results, as a table",
+        description="One row per run: name, model, the hyperparameters that differ between the "
+        "runs, epochs, final train/test accuracy, best validation accuracy, time.",
+    )
+    compare.add_argument("runs", nargs="+", metavar="RUN",
+                         help="run folders, or folders holding run folders")
+    compare.add_argument("--sort", default="test_acc", metavar="KEY",
+                         help="a column (run, model, epochs, train_acc, test_acc, best_val_acc, "
+                         "time) or a config key like optim.lr; accuracies sort best first")
+    compare.add_argument("--reverse", action="store_true", help="flip the sort order")
+    compare.add_argument("--html", metavar="OUT.html",
+                         help="also write a sortable page with every run's curves overlaid")
+
+    sweep = commands.add_parser(
+        "sweep", help="search hyperparameters with Optuna, scored on a validation split",
+        description="Run an Optuna study over the config space in SPACE (see docs/sweeps.md). "
+        "Trials are scored on training images held out as a validation split, never on the "
+        "test split. Overrides go right after CONFIG and hold for every trial.",
+    )
+    sweep.add_argument("config", nargs="?", help="the TOML config every trial starts from")
+    sweep.add_argument("overrides", nargs="*", metavar="section.key=value",
+                       help="fixed for every trial, e.g. train.epochs=20")
+    sweep.add_argument("--space", required=True, help="TOML file of distributions per config key")
+    sweep.add_argument("--trials", type=int, required=True,
+                       help="trials this worker runs (0: only rewrite the table, best.toml, plots)")
+    sweep.add_argument("--storage", metavar="URL",
+                       help="SQLAlchemy URL of the study (default: sqlite:///OUT/study.db); "
+                       "workers on several machines share e.g. postgresql+psycopg2://u:p@host/db")
+    sweep.add_argument("--study-name", help="default: the space file's name")
+    sweep.add_argument("--out", help="the sweep folder (default: train.out_dir/sweeps/STUDY)")
+    sweep.add_argument("--seed", type=int,
+                       help="seed of the sampler (one worker; leave unset with several)")
+    sweep.add_argument("--val-size", type=int,
+                       help="training images held out for scoring (default: data.val_size, "
+                       "else 10%% of the training set)")
+
+    predict = commands.add_parser(
+        "predict", help="classify image files with a trained run's model",
+        description="Classify image files of any size and mode. Each is turned to grey (for a "
+        "Fashion-MNIST model) or RGB, fitted to the model's image size and normalised as in "
+        "training; see `tinyvision.predict` for every step. Fashion-MNIST shows light garments "
+        "on black: photos of clothes on a white background need --invert.",
+    )
+    predict.add_argument("run", help="a run folder (its model.pt is used)")
+    predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    predict.add_argument("--top-k", type=int, default=1, metavar="K",
+                         help="show the K most probable classes (default 1)")
+    predict.add_argument("--invert", action="store_true",
+                         help="invert the images first (dark objects on a light background)")
+    predict.add_argument("--fit", choices=["pad", "crop", "stretch"], default="pad",
+                         help="pad (default: keep proportions, pad with black), crop the centre, "
+                         "or stretch to the model's size")
+    predict.add_argument("--json", action="store_true", help="print JSON instead of text")
+
+    export = commands.add_parser(
+        "export", help="write a trained run's model as ONNX",
+        description="Write RUN/model.pt as ONNX (input `images` normalised as in training, "
+        "output `logits`, dynamic batch size), then check onnxruntime's logits against "
+        "PyTorch's. Needs the `export` extra: pip install 'tinyvision[export]'.",
+    )
+    export.add_argument("run", help="a run folder")
+    export.add_argument("--out", metavar="FILE.onnx", help="default: RUN/model.onnx")
+    export.add_argument("--no-check", action="store_true",
+                        help="do not compare onnxruntime with PyTorch after writing")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # Overrides may also follow the flags: `train CONFIG --epochs 3 optim.lr=1e-3`.
+    overrides = [a for a in extra if "=" in a and not a.startswith("-")]
+    if len(overrides) != len(extra) or (overrides and not hasattr(args, "overrides")):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if overrides:
+        args.overrides = [*args.overrides, *overrides]
     try:
         return COMMANDS[args.command](args)
     except TinyVisionError as err:
@@ -125,7 +217,8 @@ def cmd_data(args: argparse.Namespace) -> int:
     from tinyvision.data import load_dataset
 
     dataset = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
-                           verify=not args.no_verify)
+                           verify=not args.no_verify,
+                           progress=sys.stderr.isatty())  # no download bar in CI logs
     print(f"{dataset.name}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} "
           f"test images of {dataset.in_chans}x{dataset.image_size[0]}x{dataset.image_size[1]}")
     for key, value in dataset.source.items():
@@ -133,8 +226,62 @@ def cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from tinyvision.report import write_report
+
+    path = write_report(args.run, device=args.device)
+    print(f"report: {path}\n        {path.with_suffix('.md')}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from tinyvision.compare import ComparisonTable, find_runs, write_comparison_html
+
+    table = ComparisonTable.build(find_runs(args.runs), sort=args.sort, reverse=args.reverse)
+    print(table.to_text())
+    if args.html:
+        print(f"\ncomparison page: {write_comparison_html(table, args.html)}")
+    return 0
+
+
 def _toml_value(value: object) -> str:
     return str(value) if isinstance(value, int) else f'"{value}"'
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models, "summary": cmd_summary, "data": cmd_data}
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from tinyvision.sweep import run_sweep
+
+    overrides = list(args.overrides)
+    config_path = args.config
+    if config_path is not None and "=" in config_path and not Path(config_path).exists():
+        overrides.insert(0, config_path)  # `tinyvision sweep optim.lr=0.01 ...`: no file given
+        config_path = None
+    run_sweep(config_path, args.space, args.trials, overrides=overrides, storage=args.storage,
+              study_name=args.study_name, out_dir=args.out, seed=args.seed,
+              val_size=args.val_size)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from tinyvision.predict import format_predictions, predict_files
+
+    predictions = predict_files(args.run, args.images, top_k=args.top_k, invert=args.invert,
+                                fit=args.fit)
+    print(format_predictions(predictions, as_json=args.json))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from tinyvision.export import ATOL, export_onnx
+
+    result = export_onnx(args.run, args.out, check=not args.no_check)
+    print(f"ONNX model: {result.path}")
+    if result.max_abs_diff is not None:
+        print(f"checked with onnxruntime: logits within {result.max_abs_diff:.2g} of PyTorch's "
+              f"(tolerance {ATOL:g})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "models": cmd_models, "summary": cmd_summary, "data": cmd_data,
+            "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare,
+            "predict": cmd_predict, "export": cmd_export}

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -210,6 +211,7 @@ def train(
         config = run.load_config()
         if not run.last_checkpoint.exists():
             raise TinyVisionError(f"{run.path} has no checkpoint to resume from")
+        run.remove_temporaries()  # left by a process killed mid-write; before any process writes
     world, device_name = distributed.init(config.train.device)  # torchrun: one process per device
     try:
         return _train(config, run, world, resolve_device(device_name), on_epoch)
@@ -235,7 +237,8 @@ def _train(
         config.data.data_dir,
         download=config.data.download,
         verify=config.data.verify,
-        progress=show_progress,
+        # pooch's download bar ignores whether stderr is a terminal: "auto" decides here.
+        progress=show_progress and (config.train.progress == "on" or sys.stderr.isatty()),
     )
     torch.manual_seed(config.train.seed)  # the same initial weights in every process
     model = create_model(
@@ -302,6 +305,8 @@ def _train(
         if main:
             print(f"resuming {run.path} at epoch {state['epoch'] + 1}, step {state['global_step']}")
     run_path = distributed.gather(run.path if run is not None else None, world)[0]
+    # The step of the newest checkpoint on disk (None: none yet), for the error messages.
+    saved_step = state["global_step"] if run is not None and run.last_checkpoint.exists() else None
     if main:
         run.write_json(
             "environment.json",
@@ -315,6 +320,8 @@ def _train(
     def save_checkpoint(*, best: bool = False) -> None:
         """last.pt (and best.pt). Collective under torchrun: every process hands over its
         random-number streams, process 0 writes."""
+        nonlocal saved_step
+        check_finite_weights(model, state, config, world)  # never overwrite a good one with NaNs
         processes = distributed.gather(
             {
                 "torch_rng": torch.get_rng_state(),
@@ -338,6 +345,7 @@ def _train(
         run.save_checkpoint(checkpoint, run.last_checkpoint)
         if best:
             run.save_checkpoint(checkpoint, run.best_checkpoint)
+        saved_step = state["global_step"]
 
     if main:
         print(
@@ -455,7 +463,13 @@ def _train(
         raise TrainingError(
             f"out of GPU memory with data.batch_size = {config.data.batch_size}: try a smaller "
             f"batch (e.g. data.batch_size={max(1, config.data.batch_size // 2)}) or a smaller "
-            f"model; the last checkpoint is kept in {run_path}"
+            "model"
+            + (
+                f". {run_path} keeps the checkpoint from step {saved_step}: if the memory was "
+                f"taken by something else, continue it with  tinyvision train --resume {run_path}"
+                if saved_step is not None
+                else ""
+            )
         ) from None
     finally:
         stop.restore()
@@ -553,6 +567,24 @@ def check_finite(
     )
 
 
+def check_finite_weights(
+    model: nn.Module, state: dict[str, Any], config: Config, world: World
+) -> None:
+    """Stop before a checkpoint would save non-finite weights: a step can break the weights
+    while its own loss was still finite, and on a GPU the loss is only read every LOG_EVERY
+    steps. One host synchronisation per checkpoint."""
+    finite = torch.stack([p.detach().isfinite().all() for p in model.parameters()]).all()
+    if not distributed.any_process(not finite.item(), world, finite.device):
+        return
+    epoch = state["epoch"] + 1 if state["step_in_epoch"] else state["epoch"]
+    raise TrainingError(
+        f"the weights became NaN or infinite at step {state['global_step']} (epoch {epoch}). "
+        f"Likely cause: the learning rate (optim.lr = {config.optim.lr:g}) is too high for this "
+        "model; lower it, add warm-up (schedule.warmup_epochs) or gradient clipping "
+        "(optim.grad_clip). The last good checkpoint is kept."
+    )
+
+
 def selection_score(row: dict[str, Any]) -> float:
     """What "best" means: validation accuracy if there is a validation split, else the lowest
     training loss. Never the test accuracy: choosing a checkpoint on it would leak the test set
@@ -615,7 +647,8 @@ def finish_run(
         f"(train {summary['final_train_acc']:.2%}) after {summary['epochs']} epochs, "
         f"{summary['train_seconds']:.0f}s\nrun folder: {run.path}"
     )
-    from tinyvision.report import report_after_training
+    if config.train.report:
+        from tinyvision.report import report_after_training
 
-    report_after_training(run, dataset)  # report.html and report.md, from model.pt
+        report_after_training(run, dataset)  # report.html and report.md, from model.pt
     return summary
