@@ -48,11 +48,22 @@ def tiny_config(tiny_fashion_dir: Path, tmp_path: Path):
 
     def make(*overrides: str) -> Config:
         base = [
-            f'data.data_dir="{tiny_fashion_dir}"', "data.verify=false", "data.download=false",
-            "data.batch_size=64", "data.eval_batch_size=128", f'train.out_dir="{tmp_path / "runs"}"',
-            "train.epochs=2", "train.progress=off", "train.threads=1",
-            "model.name=mixer", "model.patch_size=7", "model.dim=32", "model.depth=1",
-            "model.token_hidden=16", "model.channel_hidden=64", "optim.lr=3e-3",
+            f'data.data_dir="{tiny_fashion_dir}"',
+            "data.verify=false",
+            "data.download=false",
+            "data.batch_size=64",
+            "data.eval_batch_size=128",
+            f'train.out_dir="{tmp_path / "runs"}"',
+            "train.epochs=2",
+            "train.progress=off",
+            "train.threads=1",
+            "model.name=mixer",
+            "model.patch_size=7",
+            "model.dim=32",
+            "model.depth=1",
+            "model.token_hidden=16",
+            "model.channel_hidden=64",
+            "optim.lr=3e-3",
         ]
         return load_config(None, [*base, *overrides])
 
@@ -61,4 +72,6 @@ def tiny_config(tiny_fashion_dir: Path, tmp_path: Path):
 
 def pytest_configure(config: pytest.Config) -> None:
     # The tiny data set has no official checksum: every test that uses it says so on purpose.
-    config.addinivalue_line("filterwarnings", "ignore:.*NOT checked against the official checksums:UserWarning")
+    config.addinivalue_line(
+        "filterwarnings", "ignore:.*NOT checked against the official checksums:UserWarning"
+    )

@@ -8,8 +8,13 @@ import pytest
 
 
 def tinyvision(*args: str, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tinyvision", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "tinyvision", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_help_shows_commands_and_examples():
@@ -36,9 +41,20 @@ def test_summary_answers_the_densenet_questions():
 
 def test_train_end_to_end_then_resume_refuses_a_finished_run(tiny_fashion_dir, tmp_path):
     result = tinyvision(
-        "train", "--epochs", "1", "--data-dir", str(tiny_fashion_dir), "--no-verify",
-        "--no-download", "--out", str(tmp_path), "train.progress=off", "model.patch_size=7",
-        "model.dim=16", "model.depth=1", "data.batch_size=64",
+        "train",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tiny_fashion_dir),
+        "--no-verify",
+        "--no-download",
+        "--out",
+        str(tmp_path),
+        "train.progress=off",
+        "model.patch_size=7",
+        "model.dim=16",
+        "model.depth=1",
+        "data.batch_size=64",
     )
     assert result.returncode == 0, result.stderr
     assert "final test accuracy:" in result.stdout
@@ -58,8 +74,9 @@ def test_train_end_to_end_then_resume_refuses_a_finished_run(tiny_fashion_dir, t
     ],
 )
 def test_bad_input_exits_2_with_one_clear_line(args, message, tmp_path):
-    result = tinyvision(*args, "--out", str(tmp_path / "runs"), "--no-download",
-                        "--data-dir", str(tmp_path))
+    result = tinyvision(
+        *args, "--out", str(tmp_path / "runs"), "--no-download", "--data-dir", str(tmp_path)
+    )
     assert result.returncode == 2
     assert message in result.stderr
     assert "Traceback" not in result.stderr

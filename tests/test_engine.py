@@ -1,10 +1,13 @@
 import csv
+import itertools
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import REAL_FASHION
 
 from tinyvision.config import ScheduleConfig, load_config
 from tinyvision.engine import train
@@ -12,13 +15,20 @@ from tinyvision.errors import TinyVisionError, TrainingError
 from tinyvision.models import create_model
 from tinyvision.optim import build_optimizer, lr_factor
 
-from conftest import REAL_FASHION
-
 
 def test_loss_falls_on_a_small_batch():
     torch.manual_seed(0)
-    model = create_model("mixer", in_chans=1, num_classes=10, image_size=(28, 28),
-                         patch_size=7, dim=32, depth=2, token_hidden=16, channel_hidden=64)
+    model = create_model(
+        "mixer",
+        in_chans=1,
+        num_classes=10,
+        image_size=(28, 28),
+        patch_size=7,
+        dim=32,
+        depth=2,
+        token_hidden=16,
+        channel_hidden=64,
+    )
     config = load_config(None, ["optim.lr=3e-3"])
     optimizer = build_optimizer(model, config.optim)
     images, labels = torch.randn(32, 1, 28, 28), torch.arange(32) % 10
@@ -54,7 +64,7 @@ def test_schedules_warm_up_then_follow_their_shape(name):
         assert after[0] == 1.0 and factors[20] == 0.5 and factors[40] == 0.25
     else:  # cosine and onecycle fall monotonically from 1 towards min_lr_ratio
         assert after[0] == pytest.approx(1.0)
-        assert all(a >= b for a, b in zip(after, after[1:], strict=False))
+        assert all(a >= b for a, b in itertools.pairwise(after))
         assert after[-1] == pytest.approx(0.1, abs=0.03)
     if name == "cosine":
         assert factors[35] == pytest.approx(0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * 0.5)))
@@ -65,15 +75,32 @@ def test_run_folder_holds_every_artefact(tiny_config):
     result = train(config)
     run = result.run_dir
     names = {p.name for p in run.iterdir()}
-    assert {"config.toml", "environment.json", "metrics.jsonl", "metrics.csv", "steps.csv",
-            "curves.png", "checkpoints", "model.pt", "summary.json"} <= names
+    assert {
+        "config.toml",
+        "environment.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "steps.csv",
+        "curves.png",
+        "checkpoints",
+        "model.pt",
+        "summary.json",
+    } <= names
     assert load_config(run / "config.toml") == config  # every hyperparameter, reloadable
 
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
     for row in rows:
-        for key in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc",
-                    "lr", "epoch_seconds"):
+        for key in (
+            "train_loss",
+            "train_acc",
+            "val_loss",
+            "val_acc",
+            "test_loss",
+            "test_acc",
+            "lr",
+            "epoch_seconds",
+        ):
             assert key in row
     csv_rows = list(csv.DictReader((run / "metrics.csv").read_text().splitlines()))
     assert [float(r["test_acc"]) for r in csv_rows] == [r["test_acc"] for r in rows]
@@ -84,12 +111,18 @@ def test_run_folder_holds_every_artefact(tiny_config):
     env = json.loads((run / "environment.json").read_text())
     assert env["torch"] == torch.__version__ and env["data"]["location"]
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert (run / "checkpoints" / "last.pt").is_file() and (run / "checkpoints" / "best.pt").is_file()
+    assert (run / "checkpoints" / "last.pt").is_file() and (
+        run / "checkpoints" / "best.pt"
+    ).is_file()
 
     saved = torch.load(run / "model.pt", weights_only=False)
-    model = create_model(saved["model_name"], in_chans=saved["in_chans"],
-                         num_classes=saved["num_classes"], image_size=saved["image_size"],
-                         **saved["model_params"])
+    model = create_model(
+        saved["model_name"],
+        in_chans=saved["in_chans"],
+        num_classes=saved["num_classes"],
+        image_size=saved["image_size"],
+        **saved["model_params"],
+    )
     model.load_state_dict(saved["model"])
 
 
@@ -106,9 +139,15 @@ class Crash(Exception):
 def test_crash_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_config, monkeypatch):
     """Crash at step 17 (epoch 2 of 3; a checkpoint every 3 steps), resume from the checkpoint
     on disk: the weights and metrics equal those of an uninterrupted run, bit for bit."""
-    settings = ("train.epochs=3", "train.deterministic=true", "train.checkpoint_every_steps=3",
-                "augment.flip=true", "augment.crop_padding=2", "model.dropout=0.1",
-                "train.ema_decay=0.9")
+    settings = (
+        "train.epochs=3",
+        "train.deterministic=true",
+        "train.checkpoint_every_steps=3",
+        "augment.flip=true",
+        "augment.crop_padding=2",
+        "model.dropout=0.1",
+        "train.ema_decay=0.9",
+    )
     uninterrupted = train(tiny_config(*settings))
 
     import tinyvision.engine
@@ -143,7 +182,9 @@ def test_crash_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_config,
     for key in b:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=0)
     rows_a = [json.loads(x) for x in (resumed.run_dir / "metrics.jsonl").read_text().splitlines()]
-    rows_b = [json.loads(x) for x in (uninterrupted.run_dir / "metrics.jsonl").read_text().splitlines()]
+    rows_b = [
+        json.loads(x) for x in (uninterrupted.run_dir / "metrics.jsonl").read_text().splitlines()
+    ]
     assert [r["epoch"] for r in rows_a] == [1, 2, 3]
     for ra, rb in zip(rows_a, rows_b, strict=True):
         for key in ("train_loss", "train_acc", "test_loss", "test_acc", "lr"):
@@ -170,10 +211,72 @@ def test_bad_input_fails_before_a_run_folder_exists(tiny_config, tmp_path):
 @pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
 def test_short_training_on_real_fashion_mnist(tmp_path):
     """One epoch of a small Mixer on the real data: well above chance (stated bar: 80%)."""
-    config = load_config(None, [
-        f'train.out_dir="{tmp_path}"', "train.epochs=1", "train.progress=off",
-        "model.patch_size=7", "model.dim=64", "model.depth=2", "model.token_hidden=32",
-        "model.channel_hidden=128", "data.batch_size=128", "optim.lr=2e-3",
-    ])
+    config = load_config(
+        None,
+        [
+            f'train.out_dir="{tmp_path}"',
+            "train.epochs=1",
+            "train.progress=off",
+            "model.patch_size=7",
+            "model.dim=64",
+            "model.depth=2",
+            "model.token_hidden=32",
+            "model.channel_hidden=128",
+            "data.batch_size=128",
+            "optim.lr=2e-3",
+        ],
+    )
     summary = train(config).summary
     assert summary["final_test_acc"] >= 0.80
+
+
+SHIPPED = sorted(
+    p
+    for p in (Path(__file__).parent.parent / "configs").glob("*.toml")
+    if not p.name.startswith("sweep-")
+)
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_config_builds_and_takes_a_training_step(path):
+    config = load_config(path)
+    shape = (3, 32, 32) if config.data.dataset == "cifar10" else (1, 28, 28)
+    torch.manual_seed(0)
+    model = create_model(
+        config.model_name,
+        in_chans=shape[0],
+        num_classes=10,
+        image_size=shape[1:],
+        **config.model_params,
+    )
+    optimizer = build_optimizer(model, config.optim)
+    images, labels = torch.randn(8, *shape), torch.arange(8)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = F.cross_entropy(model(images), labels, label_smoothing=config.train.label_smoothing)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    assert math.isfinite(loss.item())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not REAL_FASHION.is_dir(), reason="needs Debian's dataset-fashion-mnist")
+@pytest.mark.parametrize(
+    ("model", "bar"),
+    [("resmlp_brief", 0.80), ("densenet_brief", 0.60)],  # 10-class chance: 0.10
+)
+def test_short_real_training_of_each_fashion_family_beats_chance(model, bar, tmp_path):
+    config = load_config(
+        None,
+        [
+            f'train.out_dir="{tmp_path}"',
+            "train.epochs=1",
+            "train.progress=off",
+            f"model.name={model}",
+            "data.batch_size=128",
+            "optim.lr=2e-3",
+            "train.report=false",
+        ],
+    )
+    assert train(config).summary["final_test_acc"] >= bar

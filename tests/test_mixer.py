@@ -18,8 +18,15 @@ def test_output_shape_for_patch_sizes_and_widths(patch, dim):
 
 
 def test_colour_images_and_per_block_widths():
-    model = build(image=(3, 32, 32), patch_size=4, dim=16, depth=3, token_hidden=[8, 16, 32],
-                  channel_hidden=[16, 32, 64], block_dims=[16, 24, 12])
+    model = build(
+        image=(3, 32, 32),
+        patch_size=4,
+        dim=16,
+        depth=3,
+        token_hidden=[8, 16, 32],
+        channel_hidden=[16, 32, 64],
+        block_dims=[16, 24, 12],
+    )
     features = model.forward_features(torch.randn(2, 3, 32, 32))
     assert features.shape == (2, 64, 12)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -43,8 +50,9 @@ def test_minimum_spec_has_exactly_the_formulas_parameters():
 
 def test_minimum_spec_computes_the_briefs_formulas():
     torch.manual_seed(0)
-    model = build("mixer_brief", patch_size=7, dim=6, depth=2, token_hidden=5,
-                  channel_hidden=4).double()
+    model = build(
+        "mixer_brief", patch_size=7, dim=6, depth=2, token_hidden=5, channel_hidden=4
+    ).double()
     images = torch.randn(2, 1, 28, 28, dtype=torch.double)
     g = torch.nn.functional.gelu
     # Patches in row-major order, each flattened: X = patches W_f.

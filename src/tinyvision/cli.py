@@ -1,15 +1,15 @@
 """The ``tinyvision`` command line.
 
-    tinyvision train [CONFIG] [section.key=value ...]   train (no CONFIG: the built-in defaults)
-    tinyvision train --resume RUN                       continue an interrupted run
-    tinyvision models                                   list the registered model variants
-    tinyvision summary MODEL-OR-CONFIG                  layers, shapes, parameters, MACs
-    tinyvision data DATASET                             find (or fetch) and verify a data set
-    tinyvision report RUN                               (re)write RUN/report.html and report.md
-    tinyvision compare RUN... | FOLDER [--html OUT]    a table of runs, their settings, results
-    tinyvision sweep CONFIG --space SPACE --trials N    hyperparameter search (Optuna)
-    tinyvision predict RUN IMAGE...                     classify image files with a run's model
-    tinyvision export RUN [--out FILE.onnx]             write the run's model as ONNX
+tinyvision train [CONFIG] [section.key=value ...]   train (no CONFIG: the built-in defaults)
+tinyvision train --resume RUN                       continue an interrupted run
+tinyvision models                                   list the registered model variants
+tinyvision summary MODEL-OR-CONFIG                  layers, shapes, parameters, MACs
+tinyvision data DATASET                             find (or fetch) and verify a data set
+tinyvision report RUN                               (re)write RUN/report.html and report.md
+tinyvision compare RUN... | FOLDER [--html OUT]    a table of runs, their settings, results
+tinyvision sweep CONFIG --space SPACE --trials N    hyperparameter search (Optuna)
+tinyvision predict RUN IMAGE...                     classify image files with a run's model
+tinyvision export RUN [--out FILE.onnx]             write the run's model as ONNX
 """
 
 from __future__ import annotations
@@ -45,20 +45,28 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
-        "train", help="train a model and write a run folder",
+        "train",
+        help="train a model and write a run folder",
         description="Train a model. Settings come from the config file (or the defaults), then "
         "from section.key=value overrides, then from the flags below.",
     )
     train.add_argument("config", nargs="?", help="a TOML config file (see configs/)")
-    train.add_argument("overrides", nargs="*", metavar="section.key=value",
-                       help="override any config value, e.g. optim.lr=3e-3 model.depth=4")
+    train.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="override any config value, e.g. optim.lr=3e-3 model.depth=4",
+    )
     train.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
     train.add_argument("--epochs", type=int, help="= train.epochs")
     train.add_argument("--seed", type=int, help="= train.seed")
     train.add_argument("--device", help="= train.device: auto, cpu, cuda, cuda:N, mps")
     train.add_argument("--data-dir", help="= data.data_dir: look here for the data set first")
-    train.add_argument("--no-verify", action="store_true",
-                       help="= data.verify=false: trust local data files that fail the checksum")
+    train.add_argument(
+        "--no-verify",
+        action="store_true",
+        help="= data.verify=false: trust local data files that fail the checksum",
+    )
     train.add_argument("--no-download", action="store_true", help="= data.download=false")
     train.add_argument("--out", help="= train.out_dir: where run folders are created")
 
@@ -67,8 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser("summary", help="per-layer shapes, parameters and MACs")
     summary.add_argument("model", help="a model variant name or a TOML config file")
     summary.add_argument("overrides", nargs="*", metavar="section.key=value")
-    summary.add_argument("--dataset", choices=["fashion-mnist", "cifar10"],
-                         help="input shape to assume (default: the config's, else fashion-mnist)")
+    summary.add_argument(
+        "--dataset",
+        choices=["fashion-mnist", "cifar10"],
+        help="input shape to assume (default: the config's, else fashion-mnist)",
+    )
 
     data = commands.add_parser("data", help="find or download a data set and verify it")
     data.add_argument("dataset", choices=["fashion-mnist", "cifar10"])
@@ -77,54 +88,82 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--no-download", action="store_true")
 
     report = commands.add_parser(
-        "report", help="write a run's report.html and report.md",
+        "report",
+        help="write a run's report.html and report.md",
         description="Evaluate the run's model.pt on the test split and write report.html "
         "(self-contained), report.md, the confusion matrix, misclassified images and "
         "per_class.json into the run folder.",
     )
     report.add_argument("run", help="a run folder")
-    report.add_argument("--device", help="evaluate here (default: the run's device if present, "
-                        "else the CPU)")
+    report.add_argument(
+        "--device", help="evaluate here (default: the run's device if present, else the CPU)"
+    )
 
     compare = commands.add_parser(
-        "compare", help="compare runs: settings that differ and results, as a table",
+        "compare",
+        help="compare runs: settings that differ and results, as a table",
         description="One row per run: name, model, the hyperparameters that differ between the "
         "runs, epochs, final train/test accuracy, best validation accuracy, time.",
     )
-    compare.add_argument("runs", nargs="+", metavar="RUN",
-                         help="run folders, or folders holding run folders")
-    compare.add_argument("--sort", default="test_acc", metavar="KEY",
-                         help="a column (run, model, epochs, train_acc, test_acc, best_val_acc, "
-                         "time) or a config key like optim.lr; accuracies sort best first")
+    compare.add_argument(
+        "runs", nargs="+", metavar="RUN", help="run folders, or folders holding run folders"
+    )
+    compare.add_argument(
+        "--sort",
+        default="test_acc",
+        metavar="KEY",
+        help="a column (run, model, epochs, train_acc, test_acc, best_val_acc, "
+        "time) or a config key like optim.lr; accuracies sort best first",
+    )
     compare.add_argument("--reverse", action="store_true", help="flip the sort order")
-    compare.add_argument("--html", metavar="OUT.html",
-                         help="also write a sortable page with every run's curves overlaid")
+    compare.add_argument(
+        "--html",
+        metavar="OUT.html",
+        help="also write a sortable page with every run's curves overlaid",
+    )
 
     sweep = commands.add_parser(
-        "sweep", help="search hyperparameters with Optuna, scored on a validation split",
+        "sweep",
+        help="search hyperparameters with Optuna, scored on a validation split",
         description="Run an Optuna study over the config space in SPACE (see docs/sweeps.md). "
         "Trials are scored on training images held out as a validation split, never on the "
         "test split. Overrides go right after CONFIG and hold for every trial.",
     )
     sweep.add_argument("config", nargs="?", help="the TOML config every trial starts from")
-    sweep.add_argument("overrides", nargs="*", metavar="section.key=value",
-                       help="fixed for every trial, e.g. train.epochs=20")
+    sweep.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="section.key=value",
+        help="fixed for every trial, e.g. train.epochs=20",
+    )
     sweep.add_argument("--space", required=True, help="TOML file of distributions per config key")
-    sweep.add_argument("--trials", type=int, required=True,
-                       help="trials this worker runs (0: only rewrite the table, best.toml, plots)")
-    sweep.add_argument("--storage", metavar="URL",
-                       help="SQLAlchemy URL of the study (default: sqlite:///OUT/study.db); "
-                       "workers on several machines share e.g. postgresql+psycopg2://u:p@host/db")
+    sweep.add_argument(
+        "--trials",
+        type=int,
+        required=True,
+        help="trials this worker runs (0: only rewrite the table, best.toml, plots)",
+    )
+    sweep.add_argument(
+        "--storage",
+        metavar="URL",
+        help="SQLAlchemy URL of the study (default: sqlite:///OUT/study.db); "
+        "workers on several machines share e.g. postgresql+psycopg2://u:p@host/db",
+    )
     sweep.add_argument("--study-name", help="default: the space file's name")
     sweep.add_argument("--out", help="the sweep folder (default: train.out_dir/sweeps/STUDY)")
-    sweep.add_argument("--seed", type=int,
-                       help="seed of the sampler (one worker; leave unset with several)")
-    sweep.add_argument("--val-size", type=int,
-                       help="training images held out for scoring (default: data.val_size, "
-                       "else 10%% of the training set)")
+    sweep.add_argument(
+        "--seed", type=int, help="seed of the sampler (one worker; leave unset with several)"
+    )
+    sweep.add_argument(
+        "--val-size",
+        type=int,
+        help="training images held out for scoring (default: data.val_size, "
+        "else 10%% of the training set)",
+    )
 
     predict = commands.add_parser(
-        "predict", help="classify image files with a trained run's model",
+        "predict",
+        help="classify image files with a trained run's model",
         description="Classify image files of any size and mode. Each is turned to grey (for a "
         "Fashion-MNIST model) or RGB, fitted to the model's image size and normalised as in "
         "training; see `tinyvision.predict` for every step. Fashion-MNIST shows light garments "
@@ -132,25 +171,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("run", help="a run folder (its model.pt is used)")
     predict.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
-    predict.add_argument("--top-k", type=int, default=1, metavar="K",
-                         help="show the K most probable classes (default 1)")
-    predict.add_argument("--invert", action="store_true",
-                         help="invert the images first (dark objects on a light background)")
-    predict.add_argument("--fit", choices=["pad", "crop", "stretch"], default="pad",
-                         help="pad (default: keep proportions, pad with black), crop the centre, "
-                         "or stretch to the model's size")
+    predict.add_argument(
+        "--top-k",
+        type=int,
+        default=1,
+        metavar="K",
+        help="show the K most probable classes (default 1)",
+    )
+    predict.add_argument(
+        "--invert",
+        action="store_true",
+        help="invert the images first (dark objects on a light background)",
+    )
+    predict.add_argument(
+        "--fit",
+        choices=["pad", "crop", "stretch"],
+        default="pad",
+        help="pad (default: keep proportions, pad with black), crop the centre, "
+        "or stretch to the model's size",
+    )
     predict.add_argument("--json", action="store_true", help="print JSON instead of text")
 
     export = commands.add_parser(
-        "export", help="write a trained run's model as ONNX",
+        "export",
+        help="write a trained run's model as ONNX",
         description="Write RUN/model.pt as ONNX (input `images` normalised as in training, "
         "output `logits`, dynamic batch size), then check onnxruntime's logits against "
         "PyTorch's. Needs the `export` extra: pip install 'tinyvision[export]'.",
     )
     export.add_argument("run", help="a run folder")
     export.add_argument("--out", metavar="FILE.onnx", help="default: RUN/model.onnx")
-    export.add_argument("--no-check", action="store_true",
-                        help="do not compare onnxruntime with PyTorch after writing")
+    export.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not compare onnxruntime with PyTorch after writing",
+    )
     return parser
 
 
@@ -176,8 +231,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if args.resume:
         if args.config or args.overrides:
-            raise TinyVisionError("--resume continues a run with its saved config; "
-                                  "give no config file or overrides with it")
+            raise TinyVisionError(
+                "--resume continues a run with its saved config; "
+                "give no config file or overrides with it"
+            )
         train(resume=args.resume)
         return 0
     overrides = list(args.overrides)
@@ -186,10 +243,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.insert(0, config_path)  # `tinyvision train optim.lr=0.01`: no file given
         config_path = None
     flags = {
-        "train.epochs": args.epochs, "train.seed": args.seed, "train.device": args.device,
-        "train.out_dir": args.out, "data.data_dir": args.data_dir,
+        "train.epochs": args.epochs,
+        "train.seed": args.seed,
+        "train.device": args.device,
+        "train.out_dir": args.out,
+        "data.data_dir": args.data_dir,
     }
-    overrides += [f"{key}={_toml_value(value)}" for key, value in flags.items() if value is not None]
+    overrides += [
+        f"{key}={_toml_value(value)}" for key, value in flags.items() if value is not None
+    ]
     if args.no_verify:
         overrides.append("data.verify=false")
     if args.no_download:
@@ -216,11 +278,17 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_data(args: argparse.Namespace) -> int:
     from tinyvision.data import load_dataset
 
-    dataset = load_dataset(args.dataset, args.data_dir, download=not args.no_download,
-                           verify=not args.no_verify,
-                           progress=sys.stderr.isatty())  # no download bar in CI logs
-    print(f"{dataset.name}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} "
-          f"test images of {dataset.in_chans}x{dataset.image_size[0]}x{dataset.image_size[1]}")
+    dataset = load_dataset(
+        args.dataset,
+        args.data_dir,
+        download=not args.no_download,
+        verify=not args.no_verify,
+        progress=sys.stderr.isatty(),
+    )  # no download bar in CI logs
+    print(
+        f"{dataset.name}: {len(dataset.train_labels)} training and {len(dataset.test_labels)} "
+        f"test images of {dataset.in_chans}x{dataset.image_size[0]}x{dataset.image_size[1]}"
+    )
     for key, value in dataset.source.items():
         print(f"  {key}: {value}")
     return 0
@@ -256,17 +324,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if config_path is not None and "=" in config_path and not Path(config_path).exists():
         overrides.insert(0, config_path)  # `tinyvision sweep optim.lr=0.01 ...`: no file given
         config_path = None
-    run_sweep(config_path, args.space, args.trials, overrides=overrides, storage=args.storage,
-              study_name=args.study_name, out_dir=args.out, seed=args.seed,
-              val_size=args.val_size)
+    run_sweep(
+        config_path,
+        args.space,
+        args.trials,
+        overrides=overrides,
+        storage=args.storage,
+        study_name=args.study_name,
+        out_dir=args.out,
+        seed=args.seed,
+        val_size=args.val_size,
+    )
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     from tinyvision.predict import format_predictions, predict_files
 
-    predictions = predict_files(args.run, args.images, top_k=args.top_k, invert=args.invert,
-                                fit=args.fit)
+    predictions = predict_files(
+        args.run, args.images, top_k=args.top_k, invert=args.invert, fit=args.fit
+    )
     print(format_predictions(predictions, as_json=args.json))
     return 0
 
@@ -277,11 +354,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_onnx(args.run, args.out, check=not args.no_check)
     print(f"ONNX model: {result.path}")
     if result.max_abs_diff is not None:
-        print(f"checked with onnxruntime: logits within {result.max_abs_diff:.2g} of PyTorch's "
-              f"(tolerance {ATOL:g})")
+        print(
+            f"checked with onnxruntime: logits within {result.max_abs_diff:.2g} of PyTorch's "
+            f"(tolerance {ATOL:g})"
+        )
     return 0
 
 
-COMMANDS = {"train": cmd_train, "models": cmd_models, "summary": cmd_summary, "data": cmd_data,
-            "sweep": cmd_sweep, "report": cmd_report, "compare": cmd_compare,
-            "predict": cmd_predict, "export": cmd_export}
+COMMANDS = {
+    "train": cmd_train,
+    "models": cmd_models,
+    "summary": cmd_summary,
+    "data": cmd_data,
+    "sweep": cmd_sweep,
+    "report": cmd_report,
+    "compare": cmd_compare,
+    "predict": cmd_predict,
+    "export": cmd_export,
+}
