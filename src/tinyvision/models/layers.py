@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
+from pydantic import BaseModel, ConfigDict, model_validator
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
@@ -40,3 +43,26 @@ class DropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"prob={self.prob}"
+
+
+class PerBlockConfig(BaseModel):
+    """A model config whose widths may be one value for every block or a list, one per block.
+
+    Subclasses name those fields in ``PER_BLOCK`` and have a ``depth`` field.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    PER_BLOCK: ClassVar[tuple[str, ...]] = ()
+    depth: int
+
+    @model_validator(mode="after")
+    def _per_block_lists_match_depth(self) -> PerBlockConfig:
+        for name in self.PER_BLOCK:
+            value = getattr(self, name)
+            if isinstance(value, list) and value and len(value) != self.depth:
+                raise ValueError(f"{name} has {len(value)} entries but depth is {self.depth}")
+        return self
+
+    def per_block(self, name: str) -> list[int]:
+        value = getattr(self, name)
+        return list(value) if isinstance(value, list) else [value] * self.depth

@@ -18,17 +18,17 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from tinyvision.models import register_variant
-from tinyvision.models.layers import ACTIVATIONS, DropPath, make_norm
+from tinyvision.models.layers import ACTIVATIONS, DropPath, PerBlockConfig, make_norm
 
 Activation = Literal["gelu", "relu", "silu", "tanh"]
 
 
-class MixerConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class MixerConfig(PerBlockConfig):
+    PER_BLOCK = ("token_hidden", "channel_hidden", "block_dims")
 
     patch_size: PositiveInt = 4  # K
     dim: PositiveInt = 128  # d, the stem's output width
@@ -36,7 +36,9 @@ class MixerConfig(BaseModel):
     # Per-block widths: one value for every block, or a list with one value per block.
     token_hidden: PositiveInt | list[PositiveInt] = 64  # h_1
     channel_hidden: PositiveInt | list[PositiveInt] = 256  # h_2
-    block_dims: list[PositiveInt] = []  # d_o of each block; [] = keep d in every block
+    block_dims: list[PositiveInt] = Field(
+        default_factory=list
+    )  # d_o of each block; [] = keep d in every block
     stem_hidden: int = Field(0, ge=0)  # 0 = f is linear; > 0 = f is an MLP with this hidden width
     head_hidden: int = Field(0, ge=0)  # 0 = softmax regression; > 0 = MLP classifier
     activation: Activation = "gelu"  # g
@@ -47,18 +49,6 @@ class MixerConfig(BaseModel):
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # after each hidden activation and output
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # stochastic depth, linearly over blocks
     init: Literal["default", "normal"] = "default"  # normal: N(0, 0.02) weights, zero biases
-
-    @model_validator(mode="after")
-    def _per_block_lists_match_depth(self) -> MixerConfig:
-        for name in ("token_hidden", "channel_hidden", "block_dims"):
-            value = getattr(self, name)
-            if isinstance(value, list) and value and len(value) != self.depth:
-                raise ValueError(f"{name} has {len(value)} entries but depth is {self.depth}")
-        return self
-
-    def per_block(self, name: str) -> list[int]:
-        value = getattr(self, name)
-        return list(value) if isinstance(value, list) else [value] * self.depth
 
 
 class Mlp(nn.Module):

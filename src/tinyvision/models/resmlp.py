@@ -32,43 +32,31 @@ import math
 from typing import Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import Field, PositiveInt
 from torch import nn
 
 from tinyvision.models import register_variant
-from tinyvision.models.layers import ACTIVATIONS, DropPath, make_norm
+from tinyvision.models.layers import ACTIVATIONS, DropPath, PerBlockConfig, make_norm
 
 Activation = Literal["gelu", "relu", "silu", "tanh"]
 Norm = Literal["none", "batch", "layer"]
 
 
-class ResMLPConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+class ResMLPConfig(PerBlockConfig):
+    PER_BLOCK = ("hidden", "block_widths")
 
     width: PositiveInt = 256  # w: the stem's output width, kept by every identity shortcut
     depth: PositiveInt = 2  # n residual blocks
     # FC1's output width h_i: one value for every block, or a list with one value per block.
     hidden: PositiveInt | list[PositiveInt] = 256
     # FC2's output width of each block; [] = w everywhere (identity shortcuts only).
-    block_widths: list[PositiveInt] = []
+    block_widths: list[PositiveInt] = Field(default_factory=list)
     activation: Activation = "relu"  # g; ReLU as in He et al.
     bias: bool = True  # biases in every linear layer (an MLP's usual form)
     # Extras around the core (all off = the plain design):
     norm: Norm = "none"  # pre-activation norm at each branch's entrance, and before the head
     dropout: float = Field(0.0, ge=0.0, lt=1.0)  # on the hidden activation of each block
     drop_path: float = Field(0.0, ge=0.0, lt=1.0)  # stochastic depth, linearly over blocks
-
-    @model_validator(mode="after")
-    def _per_block_lists_match_depth(self) -> ResMLPConfig:
-        for name in ("hidden", "block_widths"):
-            value = getattr(self, name)
-            if isinstance(value, list) and value and len(value) != self.depth:
-                raise ValueError(f"{name} has {len(value)} entries but depth is {self.depth}")
-        return self
-
-    def per_block(self, name: str) -> list[int]:
-        value = getattr(self, name)
-        return list(value) if isinstance(value, list) else [value] * self.depth
 
 
 class ResidualBlock(nn.Module):
