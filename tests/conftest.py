@@ -42,30 +42,35 @@ def tiny_fashion_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def tiny_config_for(data_dir: Path, out_dir: Path, *overrides: str) -> Config:
+    """A small, fast config on the tiny data set in ``data_dir``; overrides as section.key=value."""
+    base = [
+        f'data.data_dir="{data_dir}"',
+        "data.verify=false",
+        "data.download=false",
+        "data.batch_size=64",
+        "data.eval_batch_size=128",
+        f'train.out_dir="{out_dir}"',
+        "train.epochs=2",
+        "train.progress=off",
+        "train.threads=1",
+        "model.name=mixer",
+        "model.patch_size=7",
+        "model.dim=32",
+        "model.depth=1",
+        "model.token_hidden=16",
+        "model.channel_hidden=64",
+        "optim.lr=3e-3",
+    ]
+    return load_config(None, [*base, *overrides])
+
+
 @pytest.fixture
 def tiny_config(tiny_fashion_dir: Path, tmp_path: Path):
-    """A factory of small, fast configs on the tiny data set; overrides as section.key=value."""
+    """A factory of tiny_config_for configs writing under this test's tmp_path."""
 
     def make(*overrides: str) -> Config:
-        base = [
-            f'data.data_dir="{tiny_fashion_dir}"',
-            "data.verify=false",
-            "data.download=false",
-            "data.batch_size=64",
-            "data.eval_batch_size=128",
-            f'train.out_dir="{tmp_path / "runs"}"',
-            "train.epochs=2",
-            "train.progress=off",
-            "train.threads=1",
-            "model.name=mixer",
-            "model.patch_size=7",
-            "model.dim=32",
-            "model.depth=1",
-            "model.token_hidden=16",
-            "model.channel_hidden=64",
-            "optim.lr=3e-3",
-        ]
-        return load_config(None, [*base, *overrides])
+        return tiny_config_for(tiny_fashion_dir, tmp_path / "runs", *overrides)
 
     return make
 

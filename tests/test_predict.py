@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import learnable_images
+from conftest import learnable_images, tiny_config_for
 from PIL import Image
 
 import tinyvision.report
 from tinyvision.cli import main
-from tinyvision.config import load_config
 from tinyvision.engine import train
 from tinyvision.errors import TinyVisionError
 from tinyvision.predict import load_run_model, predict_files, read_image
@@ -27,26 +26,7 @@ SIZE = (28, 28)
 @pytest.fixture(scope="module")
 def run(tiny_fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("predict-runs")
-    config = load_config(
-        None,
-        [
-            f'data.data_dir="{tiny_fashion_dir}"',
-            "data.verify=false",
-            "data.download=false",
-            "data.batch_size=32",
-            f'train.out_dir="{out}"',
-            "train.epochs=2",
-            "train.progress=off",
-            "train.threads=1",
-            "model.name=mixer",
-            "model.patch_size=7",
-            "model.dim=32",
-            "model.depth=1",
-            "model.token_hidden=16",
-            "model.channel_hidden=64",
-            "optim.lr=3e-3",
-        ],
-    )
+    config = tiny_config_for(tiny_fashion_dir, out, "data.batch_size=32")
     with pytest.MonkeyPatch.context() as patch:
         # Curves and the HTML report are not what these tests are about, and cost seconds.
         patch.setattr(tinyvision.report, "plot_curves", lambda run: None)

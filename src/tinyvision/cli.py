@@ -226,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from tinyvision.config import load_config
+    from tinyvision.config import load_config, toml_value
     from tinyvision.engine import train
 
     if args.resume:
@@ -249,9 +249,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "train.out_dir": args.out,
         "data.data_dir": args.data_dir,
     }
-    overrides += [
-        f"{key}={_toml_value(value)}" for key, value in flags.items() if value is not None
-    ]
+    overrides += [f"{key}={toml_value(value)}" for key, value in flags.items() if value is not None]
     if args.no_verify:
         overrides.append("data.verify=false")
     if args.no_download:
@@ -310,10 +308,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     if args.html:
         print(f"\ncomparison page: {write_comparison_html(table, args.html)}")
     return 0
-
-
-def _toml_value(value: object) -> str:
-    return str(value) if isinstance(value, int) else f'"{value}"'
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

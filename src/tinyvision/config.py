@@ -193,6 +193,22 @@ def validate_config(raw: dict[str, Any]) -> Config:
     return config
 
 
+def toml_value(value: Any) -> str:
+    """``value`` as one line of TOML, the form overrides take: ``0.003``, ``"radam"``, ``[1, 2]``.
+
+    Lists and tables are written inline by hand: tomli_w spreads arrays over several lines.
+    """
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(item) for item in value) + "]"
+    if isinstance(value, dict):
+        items = (
+            f"{tomli_w.dumps({k: 0}).partition('=')[0].strip()} = {toml_value(v)}"
+            for k, v in value.items()
+        )
+        return "{" + ", ".join(items) + "}"
+    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
+
+
 def _apply_override(raw: dict[str, Any], override: str) -> None:
     key, sep, text = override.partition("=")
     if not sep or not key.strip():

@@ -65,10 +65,9 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import pydantic
-import tomli_w
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
 
-from tinyvision.config import Config, load_config, tomllib
+from tinyvision.config import Config, load_config, toml_value, tomllib
 from tinyvision.errors import ConfigError, TinyVisionError, TrainingError, TrainingInterrupted
 from tinyvision.runs import atomic_write, atomic_write_text
 
@@ -346,22 +345,6 @@ def _settings_problem(problem: Any) -> str:
 
 def _type_names() -> str:
     return ", ".join(f'"{name}"' for name in PARAM_TYPES)
-
-
-def toml_value(value: Any) -> str:
-    """``value`` as one line of TOML, the form overrides take: ``0.003``, ``"radam"``, ``[1, 2]``.
-
-    Lists and tables are written inline by hand: tomli_w spreads arrays over several lines.
-    """
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(item) for item in value) + "]"
-    if isinstance(value, dict):
-        items = (
-            f"{tomli_w.dumps({k: 0}).partition('=')[0].strip()} = {toml_value(v)}"
-            for k, v in value.items()
-        )
-        return "{" + ", ".join(items) + "}"
-    return tomli_w.dumps({"v": value}).partition("=")[2].strip()
 
 
 def overrides_for(values: dict[str, Any]) -> list[str]:
