@@ -81,3 +81,20 @@ def test_bad_input_exits_2_with_one_clear_line(args, message, tmp_path):
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "runs").exists()
+
+
+def test_ctrl_c_outside_the_training_loop_exits_130_without_a_traceback(monkeypatch, capsys):
+    # Ctrl-C while the data is read or the model compiled arrives as KeyboardInterrupt from
+    # wherever the process happens to be; here, from the start of training.
+    import tinyvision.engine
+    from tinyvision.cli import main
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tinyvision.engine, "train", interrupted)
+    assert main(["train", "train.epochs=1"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted (Ctrl-C)" in err
+    assert "--resume" in err
+    assert "Traceback" not in err

@@ -24,7 +24,7 @@ from tinyvision.engine import train
 from tinyvision.errors import TinyVisionError
 from tinyvision.models import create_model
 from tinyvision.report import brief_for, write_report
-from tinyvision.runs import RunFolder
+from tinyvision.runs import RunFolder, format_duration
 
 MARKUP = "<img src=x onerror=alert(1)>"  # in a user's path: must never become markup
 
@@ -194,3 +194,17 @@ def test_training_shows_a_progress_bar_on_a_terminal(tiny_config, monkeypatch):
     train(tiny_config("train.progress=auto", "train.epochs=1"))
     assert "epoch 1/1:" in terminal.getvalue()  # tqdm's bar, described per epoch
     assert "step/s" in terminal.getvalue() or "s/step" in terminal.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("seconds", "long", "compact"),
+    [
+        (4.25, "4.2 s", "4.2s"),
+        (65, "1 min 05 s", "1m05s"),
+        (3599.6, "1 h 00 min", "1h00m"),  # rounds to whole seconds before splitting
+        (7322, "2 h 02 min", "2h02m"),
+    ],
+)
+def test_durations_read_the_same_in_reports_and_compare_tables(seconds, long, compact):
+    assert format_duration(seconds) == long
+    assert format_duration(seconds, compact=True) == compact

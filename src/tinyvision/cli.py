@@ -223,6 +223,15 @@ def main(argv: list[str] | None = None) -> int:
     except TinyVisionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 130 if isinstance(err, TrainingInterrupted) else 2
+    except KeyboardInterrupt:
+        # Ctrl-C outside the training loop (reading data, building or compiling the model) or a
+        # second Ctrl-C inside it: no traceback, the shell's usual exit status for SIGINT.
+        print(
+            "\ninterrupted (Ctrl-C); a run keeps its last saved checkpoint "
+            "(continue it with `tinyvision train --resume RUN`)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 def cmd_train(args: argparse.Namespace) -> int:

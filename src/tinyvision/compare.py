@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tinyvision.errors import TinyVisionError
-from tinyvision.runs import RunFolder, atomic_write_text
+from tinyvision.runs import RunFolder, atomic_write_text, format_duration
 
 # Settings that say where or how a run was executed, not what was trained: never a column.
 BOOKKEEPING = {
@@ -180,7 +180,7 @@ class ComparisonTable:
         if column in HIGHER_IS_BETTER:
             return f"{100 * value:.2f}%"
         if column == "time":
-            return format_seconds(value)
+            return format_duration(value, compact=True)
         if column == "epochs" and not run.finished:
             planned = run.config.get("train.epochs")
             return f"{value}/{planned} (unfinished)"
@@ -241,16 +241,6 @@ def format_value(value: Any) -> str:
     if isinstance(value, list):
         return "[" + ", ".join(format_value(v) for v in value) + "]"
     return str(value)
-
-
-def format_seconds(seconds: float) -> str:
-    if seconds < 60:
-        return f"{seconds:.1f}s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes}m{secs:02d}s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 # --- the HTML page ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ from torch import nn
 
 import tinyvision
 from tinyvision.errors import TinyVisionError
-from tinyvision.runs import RunFolder, atomic_write, atomic_write_text
+from tinyvision.runs import RunFolder, atomic_write, atomic_write_text, format_duration
 
 FIGURE_DPI = 110
 MAX_MISCLASSIFIED = 40  # images in the grid: enough to see a pattern, small enough to scan
@@ -654,15 +654,7 @@ def _macs(value: int) -> str:
 
 
 def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(round(seconds), 60)
-    if minutes < 60:
-        return f"{minutes} min {secs:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
+    return "—" if seconds is None else format_duration(seconds)
 
 
 def _toml_value(value: Any) -> str:

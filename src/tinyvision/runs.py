@@ -207,3 +207,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def format_duration(seconds: float, *, compact: bool = False) -> str:
+    """A duration for people: ``42.0 s``, ``1 min 05 s``, ``2 h 03 min``; ``compact`` writes
+    ``42.0s``, ``1m05s``, ``2h03m`` for narrow table columns."""
+    units = ("s", "m", "h") if compact else (" s", " min ", " h ")
+    if seconds < 60:
+        return f"{seconds:.1f}{units[0]}"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}{units[1]}{secs:02d}{units[0]}"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}{units[2]}{minutes:02d}{units[1].rstrip()}"
