@@ -208,3 +208,50 @@ def test_training_shows_a_progress_bar_on_a_terminal(tiny_config, monkeypatch):
 def test_durations_read_the_same_in_reports_and_compare_tables(seconds, long, compact):
     assert format_duration(seconds) == long
     assert format_duration(seconds, compact=True) == compact
+
+
+def test_tta_views_are_the_mirror_and_one_pixel_shifts_with_black_fill():
+    from tinyvision.report import tta_views
+
+    images = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5)
+    fill = torch.full((1, 1, 1, 1), -7.0)
+    assert len(tta_views(images, "none", fill)) == 1
+    plain, mirror = tta_views(images, "flip", fill)
+    assert torch.equal(plain, images)
+    assert torch.equal(mirror[..., 0], images[..., -1])
+    views = tta_views(images, "flip-shift", fill)
+    assert len(views) == 6
+    down_right, up_left = views[2], views[3]
+    assert torch.equal(down_right[..., 1:, 1:], images[..., :-1, :-1])
+    assert (down_right[..., 0, :] == -7).all() and (down_right[..., :, 0] == -7).all()
+    assert torch.equal(up_left[..., :-1, :-1], images[..., 1:, 1:])
+    assert (up_left[..., -1, :] == -7).all() and (up_left[..., :, -1] == -7).all()
+    assert torch.equal(views[4][..., 1:, 1:], mirror[..., :-1, :-1])  # the mirror, shifted
+    with pytest.raises(TinyVisionError, match="unknown test-time augmentation 'rotate'"):
+        tta_views(images, "rotate", fill)
+
+
+def test_evaluate_reports_plain_and_tta_accuracy_side_by_side(run_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "tinyvision", "evaluate", str(run_dir), "--tta", "flip-shift"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    plain_line, tta_line = result.stdout.splitlines()[:2]
+    assert plain_line.endswith("(plain)")
+    assert tta_line.endswith("(test-time augmentation: flip-shift)")
+    record = json.loads((run_dir / "evaluation.json").read_text())
+    # The plain figure is the report's: the same model.pt on the same test split.
+    per_class = json.loads((run_dir / "per_class.json").read_text())
+    assert record["test_acc"] == pytest.approx(per_class["accuracy"])
+    assert f"{100 * record['test_acc']:.2f}%" in plain_line
+    assert f"{100 * record['test_acc_tta_flip-shift']:.2f}%" in tta_line
+    assert 0.0 <= record["test_acc_tta_flip-shift"] <= 1.0
+    # A later mode is added beside the first, not in its place.
+    from tinyvision.report import evaluate_run
+
+    evaluate_run(run_dir, tta="flip")
+    record = json.loads((run_dir / "evaluation.json").read_text())
+    assert {"test_acc_tta_flip", "test_acc_tta_flip-shift"} <= record.keys()

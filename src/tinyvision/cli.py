@@ -29,6 +29,7 @@ examples:
   tinyvision summary densenet_brief                 the brief's shape questions, answered
   tinyvision data fashion-mnist --data-dir ~/data   check where the data comes from
   tinyvision report runs/fashion-mnist-mixer-20261122-101500
+  tinyvision evaluate runs/fashion-mnist-mixer-20261122-101500 --tta flip
   tinyvision compare runs/ --sort time --html compare.html
   tinyvision sweep configs/fmnist-mixer.toml train.epochs=20 \\
       --space configs/sweep-fmnist-mixer.toml --trials 40   search on a validation split
@@ -96,6 +97,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument("run", help="a run folder")
     report.add_argument(
+        "--device", help="evaluate here (default: the run's device if present, else the CPU)"
+    )
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="test accuracy of a run's model, plain and with test-time augmentation",
+        description="Evaluate the run's model.pt on the test split, plainly and with test-time "
+        "augmentation (the softmax averaged over the image and its mirror image, and with "
+        "flip-shift also one-pixel translations of both), and write evaluation.json into the "
+        "run folder. Test-time augmentation is reported beside the plain accuracy, never "
+        "instead of it.",
+    )
+    evaluate.add_argument("run", help="a run folder")
+    evaluate.add_argument(
+        "--tta", choices=["flip", "flip-shift"], default="flip", help="default: flip"
+    )
+    evaluate.add_argument(
         "--device", help="evaluate here (default: the run's device if present, else the CPU)"
     )
 
@@ -309,6 +327,19 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from tinyvision.report import evaluate_run
+
+    result = evaluate_run(args.run, tta=args.tta, device=args.device)
+    print(f"test accuracy: {100 * result['test_acc']:.2f}% (plain)")
+    tta_acc = 100 * result["test_acc_tta"]
+    print(f"test accuracy: {tta_acc:.2f}% (test-time augmentation: {args.tta})")
+    for note in result["notes"]:
+        print(f"note: {note}")
+    print(f"written: {result['path']}")
+    return 0
+
+
 def cmd_compare(args: argparse.Namespace) -> int:
     from tinyvision.compare import ComparisonTable, find_runs, write_comparison_html
 
@@ -371,6 +402,7 @@ COMMANDS = {
     "data": cmd_data,
     "sweep": cmd_sweep,
     "report": cmd_report,
+    "evaluate": cmd_evaluate,
     "compare": cmd_compare,
     "predict": cmd_predict,
     "export": cmd_export,

@@ -238,6 +238,30 @@ def load_saved_model(run: RunFolder) -> tuple[nn.Module, dict[str, Any]]:
     return model.eval(), saved
 
 
+# Test-time augmentation: the views of an image whose predictions are averaged. Each mode undoes
+# an augmentation the model was trained with: "flip" suits training with augment.flip, "shift"
+# views (translations by one pixel, black fill) suit training with augment.crop_padding.
+TTA_MODES = ("none", "flip", "flip-shift")
+
+
+def tta_views(images: torch.Tensor, mode: str, fill: torch.Tensor) -> list[torch.Tensor]:
+    """``images`` [B, C, H, W] (normalised) and its test-time views: the mirror image for
+    "flip"; for "flip-shift" also both of them moved one pixel down-right and up-left, the
+    uncovered border filled with ``fill`` [1, C, 1, 1] (normalised black)."""
+    if mode not in TTA_MODES:
+        raise TinyVisionError(f"unknown test-time augmentation {mode!r}; choose one of {TTA_MODES}")
+    views = [images]
+    if mode in ("flip", "flip-shift"):
+        views.append(images.flip(-1))
+    if mode == "flip-shift":
+        h, w = images.shape[-2:]
+        for view in views[:2]:
+            padded = torch.nn.functional.pad(view - fill, (1, 1, 1, 1)) + fill
+            views.append(padded[..., :h, :w])  # content moved down-right by one pixel
+            views.append(padded[..., 2:, 2:])  # content moved up-left by one pixel
+    return views
+
+
 @torch.inference_mode()
 def evaluate_test_split(
     model: nn.Module,
@@ -248,8 +272,10 @@ def evaluate_test_split(
     batch_size: int,
     device: torch.device,
     autocast: Any = None,
+    tta: str = "none",
 ) -> SplitEvaluation:
-    """Predict every test image, batched on ``device``, normalised exactly as in training."""
+    """Predict every test image, batched on ``device``, normalised exactly as in training;
+    ``tta`` (see ``TTA_MODES``) averages the softmax over transformed copies of each image."""
     import contextlib
 
     from tinyvision.data import DeviceLoader
@@ -267,11 +293,14 @@ def evaluate_test_split(
         device=device,
         num_classes=len(dataset.classes),
     )
+    # Normalised black: the value the training crops padded with (black pixels, then normalised).
+    black = -torch.tensor(mean, device=device) / torch.tensor(std, device=device)
     predictions, confidence = [], []
     for images, _ in loader:
         with autocast or contextlib.nullcontext():
-            logits = model(images)
-        probs, predicted = torch.softmax(logits.float(), dim=1).max(dim=1)
+            views = tta_views(images, tta, black.view(1, -1, 1, 1).to(images.dtype))
+            probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)
+        probs, predicted = probs.max(dim=1)
         predictions.append(predicted)
         confidence.append(probs)
     return SplitEvaluation(
@@ -406,8 +435,6 @@ def write_report(
     memory (the engine does); otherwise it is loaded as the run's ``[data]`` section says.
     Returns the path of ``report.html``.
     """
-    from tinyvision.data import load_dataset
-    from tinyvision.engine import autocast_for
     from tinyvision.models.densenet import DenseBlock
     from tinyvision.summary import dense_block_answers, summarize
 
@@ -422,26 +449,8 @@ def write_report(
         answers = dense_block_answers(model, image_shape).to_text()
 
     if dataset is None:
-        dataset = load_dataset(
-            config.data.dataset,
-            config.data.data_dir,
-            download=config.data.download,
-            verify=config.data.verify,
-            progress=False,
-        )
-    target = _report_device(config, device)
-    batch_size = config.data.eval_batch_size
-    if target.type == "cpu":  # batches that stay in cache: 2x faster for small convolutions
-        batch_size = min(batch_size, 256)
-    evaluation = evaluate_test_split(
-        model,
-        dataset,
-        mean=tuple(saved["mean"]),
-        std=tuple(saved["std"]),
-        batch_size=batch_size,
-        device=target,
-        autocast=autocast_for(config, target),
-    )
+        dataset = _load_run_dataset(config)
+    evaluation = _evaluate_saved_model(model, saved, dataset, config, device)
     del model  # the figures below need only the predictions
 
     if not (run.path / "curves.png").exists():
@@ -485,6 +494,82 @@ def write_report(
     atomic_write_text(run.path / "report.md", render_markdown(context))
     atomic_write_text(run.path / "report.html", render_html(context, figures))
     return run.path / "report.html"
+
+
+def _load_run_dataset(config: Any) -> Any:
+    """The data set a run was trained on, found as its ``[data]`` section says."""
+    from tinyvision.data import load_dataset
+
+    return load_dataset(
+        config.data.dataset,
+        config.data.data_dir,
+        download=config.data.download,
+        verify=config.data.verify,
+        progress=False,
+    )
+
+
+def _evaluate_saved_model(
+    model: nn.Module,
+    saved: dict[str, Any],
+    dataset: Any,
+    config: Any,
+    device: torch.device | str | None,
+    tta: str = "none",
+) -> SplitEvaluation:
+    """``evaluate_test_split`` with the run's own normalisation, precision and device."""
+    from tinyvision.engine import autocast_for
+
+    target = _report_device(config, device)
+    batch_size = config.data.eval_batch_size
+    if target.type == "cpu":  # batches that stay in cache: 2x faster for small convolutions
+        batch_size = min(batch_size, 256)
+    return evaluate_test_split(
+        model,
+        dataset,
+        mean=tuple(saved["mean"]),
+        std=tuple(saved["std"]),
+        batch_size=batch_size,
+        device=target,
+        autocast=autocast_for(config, target),
+        tta=tta,
+    )
+
+
+def evaluate_run(
+    run: RunFolder | str | Path, *, tta: str = "flip", device: torch.device | str | None = None
+) -> dict[str, Any]:
+    """Test accuracy of the run's ``model.pt``, plain and with test-time augmentation ``tta``,
+    written to ``evaluation.json`` in the run folder (one entry per mode, kept across calls)."""
+    run = run if isinstance(run, RunFolder) else RunFolder.open(run)
+    config = run.load_config()
+    model, saved = load_saved_model(run)
+    dataset = _load_run_dataset(config)
+    accuracy = {}
+    for mode in ("none", tta):
+        evaluation = _evaluate_saved_model(model, saved, dataset, config, device, tta=mode)
+        accuracy[mode] = (evaluation.predictions == evaluation.labels).float().mean().item()
+    notes = []
+    if tta != "none" and not config.augment.flip:
+        notes.append("the model was trained without flips (augment.flip = false)")
+    if tta == "flip-shift" and not config.augment.crop_padding:
+        notes.append("the model was trained without translations (augment.crop_padding = 0)")
+    path = run.path / "evaluation.json"
+    record = run.read_json("evaluation.json") if path.exists() else {}
+    record.update(
+        {
+            "test_acc": accuracy["none"],
+            f"test_acc_tta_{tta}": accuracy[tta],
+            "evaluated_on": evaluation.device,
+        }
+    )
+    run.write_json("evaluation.json", record)
+    return {
+        "test_acc": accuracy["none"],
+        "test_acc_tta": accuracy[tta],
+        "notes": notes,
+        "path": path,
+    }
 
 
 def report_after_training(run: RunFolder, dataset: Any) -> None:
