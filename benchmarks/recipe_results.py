@@ -1,0 +1,160 @@
+"""One results row per recipe from finished runs: test accuracy as mean +- std over seeds.
+
+Runs that differ only in their seed (and in where or how they were executed: output folder,
+threads, progress bars) are one recipe. For each recipe the script prints the row that
+docs/results.md holds: mean +- sample standard deviation of the final test accuracy over the
+seeds (each seed's figure beside it), the test-time-augmented accuracy where
+``tinyvision evaluate`` wrote one, train accuracy, epochs, training time, parameters, hardware,
+dates, and the command with its seeds. ``--curves FILE.png`` draws every seed's train and test
+accuracy per epoch, one panel per recipe.
+
+    python benchmarks/recipe_results.py runs/resmlp runs/densenet --curves docs/curves.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _report import mean_std
+
+from tinyvision.compare import BOOKKEEPING, RunRecord, find_runs
+
+# Keys that do not change what is trained, beyond compare's bookkeeping: the seed is what the
+# rows average over; model.name and train.epochs are compare's own columns, so not bookkeeping
+# here.
+NOT_THE_RECIPE = (BOOKKEEPING | {"train.seed", "train.report"}) - {"model.name", "train.epochs"}
+
+
+def recipe_key(run: RunRecord) -> str:
+    return json.dumps(
+        {k: v for k, v in run.config.items() if k not in NOT_THE_RECIPE}, sort_keys=True
+    )
+
+
+def environment(run: RunRecord) -> dict:
+    path = run.path / "environment.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def hardware(env: dict) -> str:
+    if env.get("gpu"):
+        return f"{env['gpu']}, torch {env.get('torch', '?')}"
+    return (
+        f"{env.get('cpu', '?')} ({env.get('cpu_count', '?')} cores), torch {env.get('torch', '?')}"
+        f", {env.get('torch_threads', '?')} thread(s)"
+    )
+
+
+def command_template(env: dict) -> str:
+    """The run's command as a user types it: the program's name, not its installed path, and
+    the seed as a placeholder (the row lists the seeds)."""
+    words = env.get("command", "?").split()
+    words[0] = Path(words[0]).name
+    command = " ".join(words)
+    return re.sub(r"--seed \d+", "--seed SEED", command)
+
+
+def pct(value: float) -> str:
+    return f"{100 * value:.2f}%"
+
+
+def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
+    runs = sorted(runs, key=lambda r: r.config.get("train.seed", 0))
+    envs = [environment(r) for r in runs]
+    test = [r.summary["final_test_acc"] for r in runs]
+    mean, std = mean_std(test)
+    tta = {}
+    for run in runs:
+        path = run.path / "evaluation.json"
+        if path.exists():
+            for key, value in json.loads(path.read_text()).items():
+                if key.startswith("test_acc_tta_"):
+                    tta.setdefault(key.removeprefix("test_acc_tta_"), []).append(value)
+    seconds = [r.summary["train_seconds"] for r in runs]
+    dates = sorted(e.get("date", "?")[:16].replace("T", " ") for e in envs)
+    return {
+        "recipe": runs[0].config.get("model.name", "?"),
+        "test accuracy": f"**{pct(mean)} +- {pct(std)}** (n = {len(runs)}: "
+        + ", ".join(pct(v) for v in test)
+        + ")",
+        "with TTA": "; ".join(
+            f"{mode}: {pct(mean_std(v)[0])} (n = {len(v)})" for mode, v in tta.items()
+        )
+        or "—",
+        "train accuracy": pct(mean_std([r.summary["final_train_acc"] for r in runs])[0]),
+        "epochs": str(runs[0].summary["epochs"]),
+        "training time": f"{mean_std(seconds)[0] / 60:.1f} min (mean)",
+        "parameters": f"{runs[0].summary['parameters']:,}",
+        "hardware": hardware(envs[0]),
+        "date (UTC)": f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else dates[0],
+        "command": f"`{command_template(envs[0])}`",
+        "seeds": ", ".join(str(r.config.get("train.seed", 0)) for r in runs),
+    }
+
+
+def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
+    for ax, runs in zip(axes[0], groups, strict=True):
+        for run in sorted(runs, key=lambda r: r.config.get("train.seed", 0)):
+            seed = run.config.get("train.seed", 0)
+            epochs = [m["epoch"] for m in run.metrics]
+            (line,) = ax.plot(epochs, [100 * m["test_acc"] for m in run.metrics])
+            line.set_label(f"test, seed {seed}")
+            ax.plot(
+                epochs,
+                [100 * m["train_acc"] for m in run.metrics],
+                linestyle="--",
+                color=line.get_color(),
+                label=f"train, seed {seed}",
+            )
+        ax.set_title(f"{runs[0].config.get('model.name')} on {runs[0].config.get('data.dataset')}")
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("accuracy (%)")
+        later = [100 * m["test_acc"] for r in runs for m in r.metrics[1:]] or [0.0]
+        ax.set_ylim(max(0.0, min(later) - 3), 100)  # the first epoch would squash the rest
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
+    parser.add_argument("--curves", type=Path, help="write every recipe's curves to this PNG")
+    args = parser.parse_args()
+
+    finished = [r for r in find_runs(args.runs) if r.finished]
+    if not finished:
+        parser.error("none of these runs has finished (no summary.json)")
+    groups: dict[str, list[RunRecord]] = {}
+    for run in finished:
+        groups.setdefault(recipe_key(run), []).append(run)
+    rows = [recipe_row(runs) for runs in groups.values()]
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(row[c] for c in columns) + " |")
+    if args.curves:
+        plot_curves(list(groups.values()), args.curves)
+        print(f"\ncurves: {args.curves}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

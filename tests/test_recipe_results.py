@@ -1,0 +1,45 @@
+"""benchmarks/recipe_results.py: runs that differ only in their seed become one results row."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tinyvision.engine import train
+
+SCRIPT = Path(__file__).parents[1] / "benchmarks" / "recipe_results.py"
+
+
+def test_seeds_of_one_recipe_are_averaged_and_other_recipes_get_their_own_row(
+    tiny_config, tmp_path
+):
+    results = [train(tiny_config("train.report=false", f"train.seed={seed}")) for seed in (0, 1, 2)]
+    other = train(tiny_config("train.report=false", "optim.lr=1e-3"))
+    out = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path / "runs"), "--curves", str(tmp_path / "c.png")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    rows = [line for line in out.splitlines() if line.startswith("| mixer")]
+    assert len(rows) == 2
+    (three,) = [row for row in rows if "(n = 3:" in row]
+    accs = [r.summary["final_test_acc"] for r in results]
+    mean = sum(accs) / 3
+    std = (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5
+    assert f"**{100 * mean:.2f}% +- {100 * std:.2f}%**" in three
+    assert three.rstrip(" |").endswith("0, 1, 2")
+    (one,) = [row for row in rows if "(n = 1:" in row]
+    assert f"{100 * other.summary['final_test_acc']:.2f}%" in one
+    assert (tmp_path / "c.png").stat().st_size > 0
+
+
+def test_unfinished_runs_alone_are_an_error(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.toml").write_text("[train]\nseed = 0\n")
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2
+    assert "none of these runs has finished" in result.stderr
