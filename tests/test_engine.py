@@ -2,6 +2,7 @@ import csv
 import itertools
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,9 @@ def test_crash_mid_epoch_then_resume_gives_the_uninterrupted_result(tiny_config,
     assert checkpoint["state"]["global_step"] == 15 and checkpoint["state"]["step_in_epoch"] == 5
 
     resumed = train(resume=run_dir)
+    env = json.loads((run_dir / "environment.json").read_text())
+    assert len(env["resumed"]) == 1  # the first session's record stays; the resumption is added
+    assert env["date"] <= env["resumed"][0]["date"] and env["resumed"][0]["torch"]
     a = torch.load(resumed.run_dir / "model.pt", weights_only=False)["model"]
     b = torch.load(uninterrupted.run_dir / "model.pt", weights_only=False)["model"]
     assert a.keys() == b.keys()
@@ -280,3 +284,21 @@ def test_short_real_training_of_each_fashion_family_beats_chance(model, bar, tmp
         ],
     )
     assert train(config).summary["final_test_acc"] >= bar
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["/venv/bin/tinyvision", "train", "a b.toml"], "tinyvision train 'a b.toml'"),
+        (
+            ["/src/tinyvision/__main__.py", "train", 'train.name="x"'],
+            "python -m tinyvision train 'train.name=\"x\"'",
+        ),
+        (["bench.py", "--seed", "1"], "bench.py --seed 1"),
+    ],
+)
+def test_runs_record_the_command_as_a_user_types_it_again(argv, expected, monkeypatch):
+    from tinyvision.runs import command_line
+
+    monkeypatch.setattr(sys, "argv", argv)
+    assert command_line() == expected

@@ -308,14 +308,15 @@ def _train(
     # The step of the newest checkpoint on disk (None: none yet), for the error messages.
     saved_step = state["global_step"] if run is not None and run.last_checkpoint.exists() else None
     if main:
-        run.write_json(
-            "environment.json",
-            {
-                **environment(device, dataset.source),
-                "parameters": num_params,
-                "processes": world.size,
-            },
-        )
+        env = {**environment(device, dataset.source), "parameters": num_params}
+        env["processes"] = world.size
+        if (run.path / "environment.json").exists():  # only a resumed run has one
+            # The run's first session keeps its command and hardware; each resumption (which
+            # may be on another machine) is listed after it.
+            first = run.read_json("environment.json")
+            first["resumed"] = [*first.get("resumed", []), env]
+            env = first
+        run.write_json("environment.json", env)
 
     def save_checkpoint(*, best: bool = False) -> None:
         """last.pt (and best.pt). Collective under torchrun: every process hands over its

@@ -658,6 +658,15 @@ def _report_context(
             f"{env.get('torch_threads', '?')} torch threads)",
         ),
     ]
+    for later in env.get("resumed", []):  # each session that continued the run
+        environment.append(
+            (
+                "resumed",
+                f"{later.get('date', '—')} on {later.get('device', '—')}"
+                + (f" ({later['gpu']})" if later.get("gpu") else "")
+                + f": {later.get('command', '—')}",
+            )
+        )
     epoch_columns = [
         c
         for c in ("train_loss", "train_acc", "val_loss", "val_acc", "test_loss", "test_acc")

@@ -21,6 +21,7 @@ import io
 import json
 import os
 import platform
+import shlex
 import sys
 import tempfile
 from collections.abc import Callable
@@ -182,7 +183,7 @@ def environment(device: torch.device, data_source: dict[str, str]) -> dict[str, 
 
     info: dict[str, Any] = {
         "date": datetime.now().astimezone().isoformat(timespec="seconds"),
-        "command": " ".join(sys.argv),
+        "command": command_line(),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "torch": torch.__version__,
@@ -197,6 +198,19 @@ def environment(device: torch.device, data_source: dict[str, str]) -> dict[str, 
         info["gpu"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     return info
+
+
+def command_line() -> str:
+    """This process's command as a user would type it again: ``tinyvision ...`` for the console
+    script, ``python -m tinyvision ...`` for the module, quoted for a POSIX shell."""
+    program = Path(sys.argv[0])
+    if program.name == "__main__.py" and program.parent.name == "tinyvision":
+        words = ["python", "-m", "tinyvision"]
+    elif program.name == "tinyvision":
+        words = ["tinyvision"]
+    else:
+        words = [sys.argv[0]]
+    return shlex.join([*words, *sys.argv[1:]])
 
 
 def cpu_name() -> str:
