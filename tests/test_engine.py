@@ -302,3 +302,34 @@ def test_runs_record_the_command_as_a_user_types_it_again(argv, expected, monkey
 
     monkeypatch.setattr(sys, "argv", argv)
     assert command_line() == expected
+
+
+@pytest.mark.parametrize(("setting", "expected"), [("auto", True), ("off", False)])
+def test_conv_models_train_channels_last_on_the_cpu_unless_switched_off(
+    setting, expected, tiny_config, monkeypatch
+):
+    import tinyvision.engine
+
+    real_create_model = tinyvision.engine.create_model
+    layouts = []
+
+    def recording_model(*args, **kwargs):
+        model = real_create_model(*args, **kwargs)
+        for conv in model.modules():
+            # Inputs of more than one channel: with one, both layouts are the same strides.
+            if isinstance(conv, torch.nn.Conv2d) and conv.in_channels > 1:
+                conv.register_forward_pre_hook(
+                    lambda module, inputs: layouts.append(
+                        "nhwc" if not inputs[0].is_contiguous() else "nchw"
+                    )
+                )
+        return model
+
+    monkeypatch.setattr(tinyvision.engine, "create_model", recording_model)
+    result = train(
+        tiny_config(
+            'model={name="densenet_brief"}', "train.epochs=1", f"train.channels_last={setting}"
+        )
+    )
+    assert layouts and set(layouts) == {"nhwc" if expected else "nchw"}
+    assert result.summary["final_test_acc"] > 0.1

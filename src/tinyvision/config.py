@@ -91,10 +91,11 @@ class TrainConfig(Section):
     seed: int = Field(0, ge=0, lt=2**63)  # the range torch.manual_seed accepts, from 0
     device: str = "auto"  # auto = CUDA, then Apple MPS, then CPU; or "cpu", "cuda:1", ...
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
-    # GPU fast path; "auto" = on with CUDA. Neither changes what the model computes beyond
-    # floating-point rounding.
-    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the model
-    channels_last: Literal["auto", "on", "off"] = "auto"  # NHWC memory layout (conv models)
+    # The fast path. Neither setting changes what the model computes beyond floating-point
+    # rounding. compile: torch.compile the model ("auto" = on with CUDA). channels_last: NHWC
+    # memory layout for models with nn.Conv2d layers ("auto" = on with CUDA and on a CPU).
+    compile: Literal["auto", "on", "off"] = "auto"
+    channels_last: Literal["auto", "on", "off"] = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA of weights
     eval_every: PositiveInt = 1  # evaluate every N epochs (and always after the last)
