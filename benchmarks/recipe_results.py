@@ -56,8 +56,9 @@ def command_template(env: dict) -> str:
     the seed as a placeholder (the row lists the seeds)."""
     words = env.get("command", "?").split()
     words[0] = Path(words[0]).name
-    command = " ".join(words)
-    return re.sub(r"--seed \d+", "--seed SEED", command)
+    command = re.sub(r"--seed \d+", "--seed SEED", " ".join(words))
+    # benchmarks/run_recipes.py names each run <recipe>-seed<S>
+    return re.sub(r"-seed\d+\b", "-seedSEED", command)
 
 
 def pct(value: float) -> str:
@@ -80,9 +81,13 @@ def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
     dates = sorted(e.get("date", "?")[:16].replace("T", " ") for e in envs)
     return {
         "recipe": runs[0].config.get("model.name", "?"),
-        "test accuracy": f"**{pct(mean)} +- {pct(std)}** (n = {len(runs)}: "
-        + ", ".join(pct(v) for v in test)
-        + ")",
+        "test accuracy": (
+            f"**{pct(mean)} +- {pct(std)}** (n = {len(runs)}: "
+            + ", ".join(pct(v) for v in test)
+            + ")"
+            if len(runs) > 1
+            else f"**{pct(mean)}** (one seed: no spread measured)"
+        ),
         "with TTA": "; ".join(
             f"{mode}: {pct(mean_std(v)[0])} (n = {len(v)})" for mode, v in tta.items()
         )

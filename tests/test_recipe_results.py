@@ -1,5 +1,6 @@
 """benchmarks/recipe_results.py: runs that differ only in their seed become one results row."""
 
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -29,8 +30,9 @@ def test_seeds_of_one_recipe_are_averaged_and_other_recipes_get_their_own_row(
     std = (sum((a - mean) ** 2 for a in accs) / 2) ** 0.5
     assert f"**{100 * mean:.2f}% +- {100 * std:.2f}%**" in three
     assert three.rstrip(" |").endswith("0, 1, 2")
-    (one,) = [row for row in rows if "(n = 1:" in row]
-    assert f"{100 * other.summary['final_test_acc']:.2f}%" in one
+    (one,) = [row for row in rows if "(one seed" in row]
+    assert f"**{100 * other.summary['final_test_acc']:.2f}%** (one seed" in one
+    assert "+-" not in one
     assert (tmp_path / "c.png").stat().st_size > 0
 
 
@@ -43,3 +45,17 @@ def test_unfinished_runs_alone_are_an_error(tmp_path):
     )
     assert result.returncode == 2
     assert "none of these runs has finished" in result.stderr
+
+
+def test_the_command_of_a_row_has_placeholders_for_the_seed_and_the_seeded_run_name():
+    spec = importlib.util.spec_from_file_location("recipe_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    env = {
+        "command": "/x/.venv/bin/tinyvision train configs/fmnist-resmlp.toml --seed 2 "
+        "--out runs/r 'train.name=\"fmnist-resmlp-seed2\"' train.threads=1"
+    }
+    assert module.command_template(env) == (
+        "tinyvision train configs/fmnist-resmlp.toml --seed SEED --out runs/r "
+        "'train.name=\"fmnist-resmlp-seedSEED\"' train.threads=1"
+    )
