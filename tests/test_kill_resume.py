@@ -144,12 +144,16 @@ def checkpoint_version(run: Path | None) -> tuple[int, int] | None:
     return stat.st_ino, stat.st_mtime_ns
 
 
-def wait_for_new_checkpoint(run: Path, before: tuple[int, int] | None, training: Training) -> None:
+def wait_for_new_checkpoint(run: Path, before: tuple[int, int] | None, training: Training) -> bool:
+    """True once last.pt is written anew; False if the process ended first, which a resumed run
+    does when its last checkpoint was the final step's (it only has model.pt left to write)."""
     deadline = time.monotonic() + 120
     while checkpoint_version(run) == before:
-        assert training.process.poll() is None, training.log.read_text()
+        if training.process.poll() is not None:
+            return False
         assert time.monotonic() < deadline, "no checkpoint within 120 s"
         time.sleep(0.002)
+    return True
 
 
 def where_it_stopped(run: Path) -> dict:
@@ -202,9 +206,11 @@ def test_sigkill_at_random_moments_then_resume_gives_the_uninterrupted_result(
             assert rc == 0, training.log.read_text()
             break
         if kills[0] == "mid-epoch":
-            wait_for_new_checkpoint(run, before, training)
+            checkpointed = wait_for_new_checkpoint(run, before, training)
             delay = rng.uniform(0.0, AFTER_CHECKPOINT)
             when = f"{delay:.2f}s after this process's first checkpoint"
+            if not checkpointed:  # it finished (checked just below) without one: nothing to kill
+                delay, when = 0.0, "after this process's first checkpoint (none: nothing left)"
         else:
             delay = rng.uniform(0.0, MAX_DELAY)
             when = f"{delay:.2f}s into the loop"

@@ -249,8 +249,8 @@ def _train(
         **config.model_params,
     ).to(device)
     # NHWC is the layout both cuDNN and oneDNN (x86 CPUs) convolve fastest; on the project's
-    # 2-core CPU it made the DenseNet recipe's training steps about 1.5x faster (see
-    # docs/benchmarks.md).
+    # 2-core CPU it made the DenseNet recipe's epochs about 1.37x faster (docs/benchmarks.md,
+    # "Channels-last on the CPU").
     setting = config.train.channels_last
     channels_last = (
         setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
