@@ -36,31 +36,36 @@ brief; ``set_temperature`` lets a training loop anneal it, as Chen et al. 2020 d
                  own backward gives dX and G in one call
       "hybrid"   grouped conv for the forward and dX; G as one batched matmul over im2col
       "bmm"      im2col + batched matmul for all three (dX through col2im)
+      "sum"      no per-image kernels at all: the brief's sum of K convolutions (the naive
+                 reference itself), K times the FLOPs of one convolution but none of the
+                 per-image traffic; the fastest on 4x4 images (see below)
 
   and ``choose_method`` picks one per device and layer shape from the measurements below.
 
 Measured (``python benchmarks/dynconv_layer.py --device cpu --threads 1 --clock cpu``, the
-CIFAR-10 recipe's layers, batch 64, float32, K = 4; an Intel Xeon with AVX-512, 2 cores shared
-with other jobs, so CPU time of the process over 7 rounds; torch 2.13). Forward + backward time
-over the time of ONE ordinary ``F.conv2d`` of the same shape (input and weight requiring grad):
+CIFAR-10 recipe's layers, batch 64, float32, K = 4; the project's 2-core AMD EPYC machine on
+2026-11-30, the other core busy, so CPU time of the process over 7 rounds; torch 2.13).
+Forward + backward time over the time of ONE ordinary ``F.conv2d`` of the same shape (input and
+weight requiring grad); "naive" is also what "sum" costs:
 
     layer (d -> d' @ HxW)   conv ms   naive   grouped   hybrid   bmm    auto picks
-    3 -> 32 @ 32x32            21.0    7.07     1.30     1.03   1.15    bmm
-    32 -> 64 @ 32x32          116.8    5.07     1.30     1.58   2.29    grouped
-    64 -> 64 @ 16x16           50.0    4.36     1.47     1.62   2.41    grouped
-    64 -> 256 @ 16x16         184.4    4.51     1.40     1.38   1.55    grouped
-    256 -> 256 @ 8x8 (x2)     143.1    4.22     2.97     2.87   3.01    hybrid
-    256 -> 256 @ 4x4           45.1    4.41     9.26     7.66   6.90    bmm
+    3 -> 32 @ 32x32            16.1    6.47     1.27     0.82   1.05    bmm
+    32 -> 64 @ 32x32           77.6    4.33     1.14     1.22   1.68    grouped
+    64 -> 64 @ 16x16           34.7    4.22     1.40     1.54   2.05    grouped
+    64 -> 256 @ 16x16         132.2    4.38     1.37     1.38   1.51    grouped
+    256 -> 256 @ 8x8 (x2)     118.7    4.10     2.53     2.43   2.37    hybrid
+    256 -> 256 @ 4x4           29.0    4.15     7.80     6.46   5.73    sum
 
-On this CPU the fast path is 3-4x faster than the naive sum from 16x16 up and within 1.0-1.5x
-of one convolution there, but it misses the 1.3x target at 256 channels on 8x8 (~2.9x) and 4x4
-(~7x; the naive sum, ~4.4x, is faster there). The reason is memory traffic, not FLOPs: per image
-Wb_b and G_b hold P = d' d k k values (2.4 MB at 256 channels in float32) and are written and read
-about seven times per step, while the convolution does only 2 P H W FLOPs with them; at 8x8 and
-4x4 that traffic costs more than the convolution (this machine copies at 6-12 GB/s). Meeting
-the target there needs a kernel that mixes sum_k a_bk W_k tile by tile in cache (or GPU shared
-memory) inside the convolution's GEMM, so that Wb and G never reach memory; stock PyTorch ops
-cannot. A GPU has even more FLOPs per byte of memory bandwidth, so the same holds there. GPU
+On this CPU the fast path is 3-4x faster than the naive sum from 16x16 up and within 0.8-1.5x
+of one convolution there, but it misses the 1.3x target at 256 channels on 8x8 (~2.4x) and 4x4,
+where the per-image paths cost 6-8x and the plain sum of K convolutions (~4.2x) is the fastest,
+so "auto" picks it. The reason is memory traffic, not FLOPs: per image Wb_b and G_b hold
+P = d' d k k values (2.4 MB at 256 channels in float32) and are written and read about seven
+times per step, while the convolution does only 2 P H W FLOPs with them; at 8x8 and 4x4 that
+traffic costs more than the convolution. Meeting the target there needs a kernel that mixes
+sum_k a_bk W_k tile by tile in cache (or GPU shared memory) inside the convolution's GEMM, so
+that Wb and G never reach memory; stock PyTorch ops cannot. (Stacking the K kernels into one
+convolution with K d' outputs, then mixing, measured 4.3x at 4x4: no better than the sum.) GPU
 figures: to be measured (``--device cuda --amp``); ``choose_method`` picks "hybrid" there.
 
 Extras around the core, all optional: a bias in the mixing layer or an MLP with a reduction
@@ -88,7 +93,7 @@ from tinyvision.models.layers import ACTIVATIONS
 
 Gate = Literal["softmax", "sigmoid", "relu", "identity"]
 Impl = Literal["naive", "fast", "auto"]
-Method = Literal["grouped", "hybrid", "bmm"]
+Method = Literal["grouped", "hybrid", "bmm", "sum"]
 
 
 class DynConvConfig(BaseModel):
@@ -99,9 +104,10 @@ class DynConvConfig(BaseModel):
     kernel_size: PositiveInt = 3  # k; padding k // 2 keeps H x W at stride 1
     gate: Gate = "softmax"  # g
     temperature: float = Field(1.0, gt=0.0)  # a = g(z / T); set_temperature() can anneal it
-    impl: Impl = "auto"  # naive = K convs and the sum; fast/auto = one conv per image
-    # How the fast path runs its per-image convs; auto = the measured choice per device/shape.
-    fast_method: Literal["auto", "grouped", "hybrid", "bmm"] = "auto"
+    impl: Impl = "auto"  # naive = K convs and the sum; fast/auto = per fast_method
+    # How the fast path computes (per-image kernels, or "sum" of K convs); auto = the measured
+    # choice per device and layer shape.
+    fast_method: Literal["auto", "grouped", "hybrid", "bmm", "sum"] = "auto"
     # The network: a stem block, then stages of blocks with one width each.
     stem: Literal["dynamic", "plain"] = "dynamic"  # plain = an ordinary conv (an extra)
     stem_width: PositiveInt = 32
@@ -159,11 +165,14 @@ def choose_method(device_type: str, in_chans: int, out_positions: int) -> Method
         # Not yet measured on a GPU: cuDNN's grouped conv avoids im2col's memory traffic in
         # forward and dX; G as a batched matmul avoids the grouped conv's weight gradient.
         return "hybrid"
-    # CPU (oneDNN), measured: im2col + bmm for the stem's few input channels and for 4x4
-    # images; grouped convs from 16x16 up; in between, grouped forward/dX and a bmm for G
-    # (oneDNN's grouped weight gradient is slow at 256 channels).
-    if in_chans <= 4 or out_positions < 64:
+    # CPU (oneDNN), measured: im2col + bmm for the stem's few input channels; on 4x4 images the
+    # plain sum of K convolutions (per-image kernels cost more traffic than K times the FLOPs);
+    # grouped convs from 16x16 up; in between, grouped forward/dX and a bmm for G (oneDNN's
+    # grouped weight gradient is slow at 256 channels).
+    if in_chans <= 4:
         return "bmm"
+    if out_positions < 64:
+        return "sum"
     if out_positions < 256:
         return "hybrid"
     return "grouped"
@@ -187,16 +196,21 @@ def dynamic_conv2d(
             f"dynamic_conv2d: x {tuple(x.shape)}, a {tuple(a.shape)} and weight "
             f"{tuple(weight.shape)} do not fit ([B, d, H, W], [B, K], [K, d', d, k, k])"
         )
-    # Tracing (ONNX export, torch.jit.trace) would bake the fast path's per-chunk batch sizes
-    # into the graph and lose its writes into a new_empty() output (onnxruntime then returns
-    # wrong logits); the brief's formula computes the same function from standard ops.
-    if impl == "naive" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
-        return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
-    if method is None:
+    if impl != "naive" and method is None:
         out_positions = ((x.shape[2] + 2 * padding - weight.shape[3]) // stride + 1) * (
             (x.shape[3] + 2 * padding - weight.shape[4]) // stride + 1
         )
         method = choose_method(x.device.type, x.shape[1], out_positions)
+    # Tracing (ONNX export, torch.jit.trace) would bake the fast path's per-chunk batch sizes
+    # into the graph and lose its writes into a new_empty() output (onnxruntime then returns
+    # wrong logits); the brief's formula computes the same function from standard ops.
+    if (
+        impl == "naive"
+        or method == "sum"
+        or torch.jit.is_tracing()
+        or torch.onnx.is_in_onnx_export()
+    ):
+        return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     # Under autocast, cast here (differentiably) so the function computes in one dtype; the
     # function itself runs with autocast off, forward and backward, on every device.
     # (Without autocast, the weight's dtype: a may come from the float32 gate.)
