@@ -196,20 +196,17 @@ def dynamic_conv2d(
             f"dynamic_conv2d: x {tuple(x.shape)}, a {tuple(a.shape)} and weight "
             f"{tuple(weight.shape)} do not fit ([B, d, H, W], [B, K], [K, d', d, k, k])"
         )
-    if impl != "naive" and method is None:
+    # Tracing (ONNX export, torch.jit.trace) would bake the fast path's per-chunk batch sizes
+    # into the graph and lose its writes into a new_empty() output (onnxruntime then returns
+    # wrong logits); the brief's formula computes the same function from standard ops.
+    if impl == "naive" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+        return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
+    if method is None:
         out_positions = ((x.shape[2] + 2 * padding - weight.shape[3]) // stride + 1) * (
             (x.shape[3] + 2 * padding - weight.shape[4]) // stride + 1
         )
         method = choose_method(x.device.type, x.shape[1], out_positions)
-    # Tracing (ONNX export, torch.jit.trace) would bake the fast path's per-chunk batch sizes
-    # into the graph and lose its writes into a new_empty() output (onnxruntime then returns
-    # wrong logits); the brief's formula computes the same function from standard ops.
-    if (
-        impl == "naive"
-        or method == "sum"
-        or torch.jit.is_tracing()
-        or torch.onnx.is_in_onnx_export()
-    ):
+    if method == "sum":  # the brief's formula is itself the fastest choice for this shape
         return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     # Under autocast, cast here (differentiably) so the function computes in one dtype; the
     # function itself runs with autocast off, forward and backward, on every device.
