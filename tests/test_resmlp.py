@@ -48,13 +48,31 @@ def test_brief_variant_is_plain_and_counts() -> None:
     assert all(m.p == 0 for m in model.modules() if isinstance(m, nn.Dropout))
 
 
-def test_plain_block_is_the_formula() -> None:
+def test_plain_block_is_he_2015s_block() -> None:
+    """He et al. 2015, Figure 2: y = relu(x + F(x)), the ReLU after the addition."""
     torch.manual_seed(0)
     block = ResidualBlock(16, 32)
     x = torch.randn(5, 16)
-    expected = x + block.fc2(torch.relu(block.fc1(x)))  # x + FC2(g(FC1(x)))
+    expected = torch.relu(x + block.fc2(torch.relu(block.fc1(x))))  # g(x + FC2(g(FC1(x))))
     torch.testing.assert_close(block(x), expected)
     assert isinstance(block.shortcut, nn.Identity)  # He et al.'s identity shortcut
+
+
+def test_identity_mapping_block_is_he_2016s_block() -> None:
+    """post_activation=False: y = x + F(x), nothing after the addition (He et al. 2016)."""
+    torch.manual_seed(0)
+    block = ResidualBlock(16, 32, post_activation=False)
+    x = torch.randn(5, 16)
+    torch.testing.assert_close(block(x), x + block.fc2(torch.relu(block.fc1(x))))
+    assert (block(x) < 0).any()  # no ReLU on the output
+
+
+def test_brief_variant_uses_the_2015_block_and_the_recipe_the_2016_one() -> None:
+    brief, recipe = build(), build(name="resmlp")
+    x = torch.randn(7, 1, 28, 28)
+    assert (brief.blocks(brief.stem(x)) >= 0).all()  # every block ends in the ReLU
+    assert all(isinstance(b.post_act, nn.ReLU) for b in brief.blocks)
+    assert all(isinstance(b.post_act, nn.Identity) for b in recipe.blocks)
 
 
 def test_block_widths_are_user_parameters() -> None:

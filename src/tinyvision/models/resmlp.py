@@ -6,19 +6,26 @@ fully connected output widths are user parameters. The brief's figure of the exa
 lost, so this is the natural design, with He et al.'s identity shortcut:
 
     stem        x_0 = flatten(image) W_s + b_s              W_s: (C*H*W) x w
-    block i     x_i = x_{i-1} + FC2(g(FC1(x_{i-1})))        FC1: w x h_i,  FC2: h_i x w
+    block i     x_i = g(x_{i-1} + FC2(g(FC1(x_{i-1}))))     FC1: w x h_i,  FC2: h_i x w
     head        logits = x_n W_h + b_h                      W_h: w x num_classes
 
 ``ResidualBlock`` computes one line "block i"; ``ResMLP`` composes stem, blocks and head. With
 every option off (``norm="none", dropout=0, drop_path=0``) the module is exactly those formulas.
 
+Two residual blocks, one option (``post_activation``):
+
+- ``post_activation = true`` (the default, and ``resmlp_brief``): He et al. 2015's block, their
+  Figure 2, y = g(x + F(x)) with F(x) = FC2(g(FC1(x))): the non-linearity comes *after* the
+  addition. This is the paper the brief cites.
+- ``post_activation = false`` (the ``resmlp`` recipe): He et al. 2016's identity-mapping block
+  ("Identity Mappings in Deep Residual Networks"), y = x + F(x) with nothing after the addition,
+  so the shortcut is a clean identity path; it trains deep stacks more easily and is the form
+  that pre-activation normalisation (below) goes with.
+
 Design choices, each an extra *around* that core:
 
 - The shortcut is the identity (He et al.'s option A/identity mapping); only when a block changes
   the width (``block_widths``) does it become a linear projection (their option B).
-- No activation after the addition: He et al. 2016 ("Identity Mappings in Deep Residual
-  Networks") showed a clean identity path trains deeper nets more easily, and the formula
-  above already has it.
 - ``norm`` ("batch" or "layer") goes in *pre-activation* position, at the entrance of the
   residual branch: x + FC2(dropout(g(FC1(norm(x))))). The shortcut stays untouched, and since
   the residual stream is then never normalised, one more norm sits before the head.
@@ -52,6 +59,9 @@ class ResMLPConfig(PerBlockConfig):
     # FC2's output width of each block; [] = w everywhere (identity shortcuts only).
     block_widths: list[PositiveInt] = Field(default_factory=list)
     activation: Activation = "relu"  # g; ReLU as in He et al.
+    # g after the addition, y = g(x + F(x)): He et al. 2015's block (the brief's citation).
+    # false: He et al. 2016's identity-mapping block y = x + F(x).
+    post_activation: bool = True
     bias: bool = True  # biases in every linear layer (an MLP's usual form)
     # Extras around the core (all off = the plain design):
     norm: Norm = "none"  # pre-activation norm at each branch's entrance, and before the head
@@ -60,7 +70,9 @@ class ResMLPConfig(PerBlockConfig):
 
 
 class ResidualBlock(nn.Module):
-    """x -> shortcut(x) + FC2(g(FC1(x))): one residual block with user-chosen FC widths.
+    """x -> g(shortcut(x) + FC2(g(FC1(x)))): one residual block with user-chosen FC widths.
+
+    ``post_activation=False`` drops the outer g (He et al. 2016's identity-mapping form).
 
     ``hidden`` is FC1's output width, ``out_dim`` FC2's (default: ``in_dim``, so the shortcut is
     the identity). ``norm``, ``dropout`` and ``drop_path`` are the optional extras.
@@ -73,6 +85,7 @@ class ResidualBlock(nn.Module):
         out_dim: int | None = None,
         *,
         activation: str = "relu",
+        post_activation: bool = True,
         bias: bool = True,
         norm: str = "none",
         dropout: float = 0.0,
@@ -83,6 +96,8 @@ class ResidualBlock(nn.Module):
         self.norm = make_norm(norm, in_dim)  # pre-activation placement: branch entrance only
         self.fc1 = nn.Linear(in_dim, hidden, bias=bias)
         self.act = ACTIVATIONS[activation]()
+        # He et al. 2015: g after the addition; 2016: nothing (a clean identity path).
+        self.post_act = ACTIVATIONS[activation]() if post_activation else nn.Identity()
         self.drop = nn.Dropout(dropout)
         self.fc2 = nn.Linear(hidden, out_dim, bias=bias)
         self.drop_path = DropPath(drop_path)
@@ -93,7 +108,7 @@ class ResidualBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         branch = self.fc2(self.drop(self.act(self.fc1(self.norm(x)))))  # FC2(g(FC1(x)))
-        return self.shortcut(x) + self.drop_path(branch)
+        return self.post_act(self.shortcut(x) + self.drop_path(branch))
 
 
 class ResMLP(nn.Module):
@@ -116,6 +131,7 @@ class ResMLP(nn.Module):
                 hidden,
                 d_out,
                 activation=cfg.activation,
+                post_activation=cfg.post_activation,
                 bias=cfg.bias,
                 norm=cfg.norm,
                 dropout=cfg.dropout,
@@ -144,7 +160,8 @@ class ResMLP(nn.Module):
 register_variant(
     "resmlp_brief",
     ResMLP,
-    "brief C's plain residual MLP: w=256, 2 blocks, ReLU, no norm or dropout",
+    "brief C's plain residual MLP: w=256, 2 blocks of He et al. 2015 (ReLU after the addition), "
+    "no norm or dropout",
     width=256,
     depth=2,
     hidden=256,
@@ -152,11 +169,13 @@ register_variant(
 register_variant(
     "resmlp",
     ResMLP,
-    "a wider, deeper residual MLP with pre-activation LayerNorm, GELU and dropout",
+    "a wider, deeper residual MLP: He et al. 2016 identity blocks with pre-activation "
+    "LayerNorm, GELU and dropout",
     width=1024,
     depth=4,
     hidden=1024,
     activation="gelu",
+    post_activation=False,
     norm="layer",
     dropout=0.15,
     drop_path=0.1,
