@@ -24,7 +24,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
 
-import tinyvision.report
+import tinyvision.loop
 from tinyvision.config import (
     AugmentConfig,
     DataConfig,
@@ -217,8 +217,7 @@ def harness(tmp_path_factory: pytest.TempPathFactory):
         patch.delenv("TINYVISION_DATA", raising=False)
         patch.setenv("TINYVISION_CACHE", str(tmp_path_factory.mktemp("cache")))
         patch.setattr(sources, "SYSTEM_FOLDERS", {"fashion-mnist": [], "cifar10": []})
-        patch.setattr(tinyvision.report, "plot_curves", lambda run: None)
-        patch.setattr(tinyvision.report, "report_after_training", lambda run, dataset: None)
+        patch.setattr(tinyvision.loop, "plot_curves", lambda run: None)
         yield tmp_path_factory.mktemp("fuzz-runs")
 
 

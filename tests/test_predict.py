@@ -14,7 +14,7 @@ import torch
 from conftest import learnable_images, tiny_config_for
 from PIL import Image
 
-import tinyvision.report
+import tinyvision.loop
 from tinyvision.cli import main
 from tinyvision.engine import train
 from tinyvision.errors import TinyVisionError
@@ -28,9 +28,8 @@ def run(tiny_fashion_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     out = tmp_path_factory.mktemp("predict-runs")
     config = tiny_config_for(tiny_fashion_dir, out, "data.batch_size=32")
     with pytest.MonkeyPatch.context() as patch:
-        # Curves and the HTML report are not what these tests are about, and cost seconds.
-        patch.setattr(tinyvision.report, "plot_curves", lambda run: None)
-        patch.setattr(tinyvision.report, "report_after_training", lambda run, dataset: None)
+        # Curves are not what these tests are about, and cost seconds (train() writes no report).
+        patch.setattr(tinyvision.loop, "plot_curves", lambda run: None)
         return train(config).run_dir
 
 

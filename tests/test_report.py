@@ -6,7 +6,6 @@ run's own files and against an independent evaluation of ``model.pt``.
 
 from __future__ import annotations
 
-import html
 import io
 import json
 import shutil
@@ -15,15 +14,16 @@ import sys
 import time
 from pathlib import Path
 
+import markupsafe
 import pytest
 import torch
 
 from tinyvision.cli import main
-from tinyvision.config import load_config, tomllib
+from tinyvision.config import toml_value, tomllib
 from tinyvision.engine import train
 from tinyvision.errors import TinyVisionError
-from tinyvision.models import create_model
-from tinyvision.report import brief_for, write_report
+from tinyvision.models import Variant, create_model, get_variant
+from tinyvision.report import write_report
 from tinyvision.runs import RunFolder, format_duration
 
 MARKUP = "<img src=x onerror=alert(1)>"  # in a user's path: must never become markup
@@ -46,7 +46,10 @@ def run_dir(tiny_fashion_dir, tmp_path_factory) -> Path:
     data_dir = tmp_path_factory.mktemp("report-data") / f"fashion{MARKUP}"
     shutil.copytree(tiny_fashion_dir, data_dir)
     out = tmp_path_factory.mktemp("report-runs")
-    return train(load_config(None, tiny_overrides(data_dir, out))).run_dir
+    # The CLI trains, then writes the report from the finished run folder.
+    assert main(["train", *tiny_overrides(data_dir, out)]) == 0
+    (run,) = out.iterdir()
+    return run
 
 
 def test_training_writes_the_report_files(run_dir):
@@ -68,10 +71,8 @@ def test_report_shows_every_hyperparameter_and_the_final_accuracy(run_dir):
     for section, values in config.items():
         assert f"<h3>[{section}]</h3>" in page and f"### [{section}]" in markdown
         for key, value in values.items():
-            shown = str(value).lower() if isinstance(value, bool) else str(value)
-            if isinstance(value, list):
-                shown = "[" + ", ".join(map(str, value)) + "]"
-            assert f"<td>{key}</td><td><code>{html.escape(shown)}</code>" in page, key
+            shown = toml_value(value)  # as TOML writes it: "adamw", true, [3, 3]
+            assert f"<td>{key}</td><td><code>{markupsafe.escape(shown)}</code>" in page, key
             assert f"| {key} |" in markdown or f"| **{key}** |" in markdown, key
 
     assert "brief A · Patch-MLP (Mixer)" in page  # the family's brief, from its class name
@@ -144,12 +145,17 @@ def test_report_of_an_unfinished_run_says_how_to_finish_it(tiny_config):
 
 
 @pytest.mark.parametrize(
-    ("family", "letter"),
-    [("Mixer", "A"), ("DynConvNet", "B"), ("ResMLP", "C"), ("DenseNet", "D"), ("ResNet", None)],
+    ("variant", "letter"),
+    [("mixer", "A"), ("dynconv_brief", "B"), ("resmlp", "C"), ("densenet_l", "D")],
 )
-def test_the_brief_comes_from_the_family_name(family, letter):
-    brief = brief_for(family)
-    assert (brief.letter if brief else None) == letter
+def test_each_family_declares_its_brief(variant, letter):
+    assert get_variant(variant).brief.letter == letter
+    # Only DenseNet's brief asks questions about the network.
+    assert (get_variant(variant).brief.answers is not None) == (letter == "D")
+
+
+def test_a_family_without_a_brief_has_none():
+    assert Variant("plain", torch.nn.Linear).brief is None
 
 
 # --- what a person sees in a terminal, and what CI logs ------------------------------------
@@ -211,7 +217,7 @@ def test_durations_read_the_same_in_reports_and_compare_tables(seconds, long, co
 
 
 def test_tta_views_are_the_mirror_and_one_pixel_shifts_with_black_fill():
-    from tinyvision.report import tta_views
+    from tinyvision.evaluate import tta_views
 
     images = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5)
     fill = torch.full((1, 1, 1, 1), -7.0)
@@ -250,7 +256,7 @@ def test_evaluate_reports_plain_and_tta_accuracy_side_by_side(run_dir):
     assert f"{100 * record['test_acc_tta_flip-shift']:.2f}%" in tta_line
     assert 0.0 <= record["test_acc_tta_flip-shift"] <= 1.0
     # A later mode is added beside the first, not in its place.
-    from tinyvision.report import evaluate_run
+    from tinyvision.evaluate import evaluate_run
 
     evaluate_run(run_dir, tta="flip")
     record = json.loads((run_dir / "evaluation.json").read_text())

@@ -10,7 +10,8 @@ from torch import nn
 
 from tinyvision.errors import ConfigError
 from tinyvision.models import create_model
-from tinyvision.summary import dense_block_answers, summarize, summary_text
+from tinyvision.models.densenet import dense_block_answers
+from tinyvision.summary import summarize, summary_text
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 

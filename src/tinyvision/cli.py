@@ -17,8 +17,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tinyvision.errors import TinyVisionError, TrainingInterrupted
+
+if TYPE_CHECKING:
+    from tinyvision.engine import RunResult
 
 EXAMPLES = """\
 examples:
@@ -262,7 +266,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "--resume continues a run with its saved config; "
                 "give no config file or overrides with it"
             )
-        train(resume=args.resume)
+        report_when_asked(train(resume=args.resume))
         return 0
     overrides = list(args.overrides)
     config_path = args.config
@@ -281,8 +285,18 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("data.verify=false")
     if args.no_download:
         overrides.append("data.download=false")
-    train(load_config(config_path, overrides))
+    report_when_asked(train(load_config(config_path, overrides)))
     return 0
+
+
+def report_when_asked(result: RunResult) -> None:
+    """The report of a finished run (``train.report``), written from its run folder alone after
+    training has returned, so a failure here can never lose the trained model."""
+    from tinyvision.report import report_after_training
+    from tinyvision.runs import RunFolder
+
+    if result.main and RunFolder.open(result.run_dir).load_config().train.report:
+        report_after_training(result.run_dir)
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -328,7 +342,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from tinyvision.report import evaluate_run
+    from tinyvision.evaluate import evaluate_run
 
     result = evaluate_run(args.run, tta=args.tta, device=args.device)
     print(f"test accuracy: {100 * result['test_acc']:.2f}% (plain)")

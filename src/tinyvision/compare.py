@@ -377,7 +377,7 @@ def render_comparison_html(table: ComparisonTable) -> str:
     import jinja2
 
     import tinyvision
-    from tinyvision.report import CSS
+    from tinyvision.pages import CSS
 
     colours = run_colours(len(table.runs))
     curves = "data:image/png;base64," + base64.b64encode(

@@ -54,7 +54,7 @@ class Prediction:
 
 def load_run_model(run_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     """The run's final model (eval mode, CPU) and what ``model.pt`` records beside it."""
-    from tinyvision.report import load_saved_model
+    from tinyvision.evaluate import load_saved_model
     from tinyvision.runs import RunFolder
 
     run = RunFolder.open(run_dir)

@@ -20,9 +20,9 @@ Activations, pooling, element-wise sums and concatenations count 0. A module tha
 positional argument, or the tuple of them when there are several); its children that run are
 counted by their own hooks, so ``macs`` must leave them out.
 
-:func:`dense_block_answers` answers brief D's questions about a DenseNet (spatial size and
-channels of each dense block, input size of the final FC layer) from the same kind of pass, and
-:func:`summary_text` is what ``tinyvision summary MODEL-OR-CONFIG`` prints.
+:func:`summary_text` is what ``tinyvision summary MODEL-OR-CONFIG`` prints: the table and, for a
+family whose brief asks questions about its network (``Brief.answers``, declared by the family;
+DenseNet's shapes), the answers.
 """
 
 from __future__ import annotations
@@ -237,78 +237,6 @@ def _shape_text(shape: Sequence[int] | None) -> str:
     return "x".join(map(str, shape)) if shape else "scalar"
 
 
-# --- Brief D's questions --------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class DenseBlockShape:
-    index: int  # 1-based, as the brief counts
-    spatial: tuple[int, int]  # (height, width) the block runs at
-    in_channels: int
-    out_channels: int
-    num_layers: int
-    growth_rate: int
-
-
-@dataclass(frozen=True)
-class DenseNetAnswers:
-    input_shape: tuple[int, int, int]
-    blocks: list[DenseBlockShape]
-    fc_in_features: int  # input size of the final fully connected layer
-
-    def to_text(self) -> str:
-        """The answers as sentences, each with the closed form c_in + L*k beside the number."""
-        c, h, w = self.input_shape
-        lines = [f"Brief D's questions, for a {c}x{h}x{w} input (measured by a forward pass):"]
-        for block in self.blocks:
-            bh, bw = block.spatial
-            lines.append(
-                f"- Dense block {block.index} runs at {bh}x{bw} (height x width), with "
-                f"{block.in_channels} input channels and {block.out_channels} output channels "
-                f"({block.in_channels} + {block.num_layers} x {block.growth_rate})."
-            )
-        last = self.blocks[-1]
-        lines.append(
-            f"- The final fully connected layer takes {self.fc_in_features} input features "
-            f"(global average pooling of dense block {last.index}'s {last.out_channels} "
-            f"output channels over its {last.spatial[0]}x{last.spatial[1]} positions)."
-        )
-        return "\n".join(lines)
-
-
-def dense_block_answers(model: nn.Module, input_shape: tuple[int, int, int]) -> DenseNetAnswers:
-    """Spatial size and channels of every dense block, and the final FC layer's input size.
-
-    Measured by hooks on a real forward pass of a zero image of ``input_shape`` (C, H, W), so
-    they hold for any configuration; the tests check them against the brief's closed form.
-    """
-    from tinyvision.models.densenet import DenseBlock
-
-    blocks: dict[nn.Module, DenseBlockShape] = {}
-    linears: list[int] = []  # in_features seen by each Linear call, in call order
-
-    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
-        if isinstance(module, DenseBlock) and module not in blocks:
-            x = inputs[0]
-            blocks[module] = DenseBlockShape(
-                index=len(blocks) + 1,
-                spatial=(x.shape[2], x.shape[3]),
-                in_channels=x.shape[1],
-                out_channels=output.shape[1],
-                num_layers=module.num_layers,
-                growth_rate=module.growth_rate,
-            )
-        elif isinstance(module, nn.Linear):
-            linears.append(inputs[0].shape[-1])
-
-    _run_hooked(model, input_shape, hook)
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} has no DenseBlock: not a DenseNet")
-    if not linears:
-        raise ValueError(f"{type(model).__name__} has no fully connected layer")
-    return DenseNetAnswers(tuple(input_shape), list(blocks.values()), linears[-1])
-
-
 # --- What the CLI prints ---------------------------------------------------------------------
 
 
@@ -332,24 +260,23 @@ def summary_text(
     *,
     depth: int = 3,
 ) -> str:
-    """The summary table of a model built for ``dataset``'s images, plus, for a DenseNet, the
-    brief's answers as sentences.
+    """The summary table of a model built for ``dataset``'s images, plus the answers to its
+    brief's questions (a DenseNet's shapes) as sentences.
 
     ``model_name_or_config_path`` is a registered variant name or a TOML config file;
     ``overrides`` are ``section.key=value`` strings (``model.growth_rate=32``). ``dataset`` names
     the data set whose image shape the model is built for; ``None`` takes the config file's
     ``data.dataset``, which is fashion-mnist for a variant name.
     """
-    from tinyvision.config import load_config
-    from tinyvision.models import create_model
-    from tinyvision.models.densenet import DenseBlock
+    from tinyvision.config import load_config, toml_value
+    from tinyvision.models import create_model, get_variant
 
     target = model_name_or_config_path
-    extra = [f"data.dataset={_toml_string(dataset)}"] if dataset is not None else []
+    extra = [f"data.dataset={toml_value(dataset)}"] if dataset is not None else []
     if target.endswith(".toml") or Path(target).is_file():
         config = load_config(target, [*overrides, *extra])
     else:  # a variant name: the defaults of every section, this model
-        config = load_config(None, [f"model.name={_toml_string(target)}", *overrides, *extra])
+        config = load_config(None, [f"model.name={toml_value(target)}", *overrides, *extra])
     channels, height, width, classes = dataset_shape(config.data.dataset)
     model = create_model(
         config.model_name,
@@ -364,11 +291,7 @@ def summary_text(
         f"{channels}x{height}x{width} images, {classes} classes"
     )
     text = summary.to_text()
-    if any(isinstance(module, DenseBlock) for module in model.modules()):
-        text += "\n" + dense_block_answers(model, (channels, height, width)).to_text()
+    brief = get_variant(config.model_name).brief
+    if brief is not None and brief.answers is not None:
+        text += "\n" + brief.answers(model, (channels, height, width))
     return text
-
-
-def _toml_string(value: str) -> str:
-    # Quoted, so a name like "true" or "1e3" stays a string when the override is parsed as TOML.
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'

@@ -724,14 +724,9 @@ def mask_url(url: str) -> str:
 
 def default_val_size(config: Config) -> int:
     """10% of the training set (6000 images of Fashion-MNIST, 5000 of CIFAR-10)."""
-    from tinyvision.data import load_dataset
+    from tinyvision.data import load_dataset_for
 
-    dataset = load_dataset(
-        config.data.dataset,
-        config.data.data_dir,
-        download=config.data.download,
-        verify=config.data.verify,
-    )
+    dataset = load_dataset_for(config.data, progress=True)
     return max(dataset.num_classes, round(DEFAULT_VAL_FRACTION * len(dataset.train_labels)))
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -32,6 +33,9 @@ from tinyvision.data.loader import Augment, DeviceLoader
 from tinyvision.data.sources import DATASET_INFO, NOT_VERIFIED, DatasetInfo, Located
 from tinyvision.errors import DataError
 
+if TYPE_CHECKING:  # the section is handed in: data never imports the config
+    from tinyvision.config import DataConfig
+
 __all__ = [
     "DATASET_INFO",
     "Augment",
@@ -39,6 +43,7 @@ __all__ = [
     "DeviceLoader",
     "ImageDataset",
     "load_dataset",
+    "load_dataset_for",
     "split_validation",
 ]
 
@@ -130,6 +135,17 @@ def load_dataset(
             "found_by": located.found_by,
             "integrity": integrity,
         },
+    )
+
+
+def load_dataset_for(section: DataConfig, *, progress: bool = False) -> ImageDataset:
+    """The data set a config's ``[data]`` section names, found and checked as it says."""
+    return load_dataset(
+        section.dataset,
+        section.data_dir,
+        download=section.download,
+        verify=section.verify,
+        progress=progress,
     )
 
 

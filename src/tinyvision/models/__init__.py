@@ -7,17 +7,36 @@ the config so one variant trains on Fashion-MNIST and CIFAR-10 alike.
 
 A *variant* is a name plus default config values (timm style: variants are data, not code).
 The CLI, the TOML configs and the Python API all go through :func:`create_model`.
+
+A family that implements one of the specified systems (docs/spec.md) says so with a class
+attribute ``brief = Brief(...)``: the brief's letter, title, formula in one line and, where the
+brief asks questions about the network (DenseNet's shapes), a function that answers them for a
+built model. The report and the summary read ``get_variant(name).brief`` and nothing else, so
+no module outside a family's own file knows which family is which.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pydantic
 from torch import nn
 
-from tinyvision.errors import ConfigError
+from tinyvision.errors import ConfigError, format_validation_error
+
+
+@dataclass(frozen=True)
+class Brief:
+    """The specified system a family implements, as the report and the summary name it."""
+
+    letter: str
+    title: str
+    summary: str  # the specified network in one line
+    # The brief's own questions about a network, answered for ``model`` built for images of
+    # shape (C, H, W); None for a brief that asks none.
+    answers: Callable[[nn.Module, tuple[int, int, int]], str] | None = None
 
 
 @dataclass(frozen=True)
@@ -26,6 +45,11 @@ class Variant:
     family: type[nn.Module]
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+
+    @property
+    def brief(self) -> Brief | None:
+        """The brief the family declares (``Family.brief``), if it implements one."""
+        return getattr(self.family, "brief", None)
 
 
 _VARIANTS: dict[str, Variant] = {}
@@ -62,8 +86,6 @@ def get_variant(name: str) -> Variant:
 
 def model_config(name: str, **overrides: Any) -> pydantic.BaseModel:
     """The validated architecture config of variant ``name`` with ``overrides`` applied."""
-    from tinyvision.config import format_validation_error
-
     variant = get_variant(name)
     try:
         return variant.family.Config(**{**variant.defaults, **overrides})

@@ -15,8 +15,8 @@ The brief, for growth rate k (the brief leaves k free; ``growth_rate``, default 
 
 The brief's questions, for a 28x28 input: block 1 runs at 14x14 with 4 channels in and 4+3k out;
 block 2 at 7x7 with 4 in and 4+3k out; the FC layer takes 4+3k features.
-``tinyvision.summary.dense_block_answers`` (or ``DenseNet.shape_answers()``) answers them for any
-configuration from a real forward pass.
+:func:`dense_block_answers` (or ``DenseNet.shape_answers()``) answers them for any configuration
+from a real forward pass; ``DenseNet.brief`` hands them to the report and ``tinyvision summary``.
 
 Extras, all off by default so the defaults are the brief's network exactly:
 
@@ -37,16 +37,14 @@ for the last block, by global pooling and the FC layer, whose bias absorbs a con
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
-from tinyvision.models import register_variant
-
-if TYPE_CHECKING:
-    from tinyvision.summary import DenseNetAnswers
+from tinyvision.models import Brief, register_variant
 
 
 class DenseNetConfig(BaseModel):
@@ -164,6 +162,13 @@ class DenseNet(nn.Module):
     """stem conv -> avg pool -> [DenseBlock, Transition]* DenseBlock -> GAP -> FC."""
 
     Config = DenseNetConfig
+    brief = Brief(
+        "D",
+        "DenseNet",
+        "3×3 conv to 4 channels → average pool → dense block (3 layers, growth k) → transition "
+        "back to 4 channels → dense block (3 layers) → global average pool → FC.",
+        answers=lambda model, input_shape: dense_block_answers(model, input_shape).to_text(),
+    )
 
     def __init__(
         self, cfg: DenseNetConfig, *, in_chans: int, num_classes: int, image_size: tuple[int, int]
@@ -217,8 +222,6 @@ class DenseNet(nn.Module):
 
     def shape_answers(self) -> DenseNetAnswers:
         """The brief's questions (block sizes and channels, FC input) from a real forward pass."""
-        from tinyvision.summary import dense_block_answers
-
         return dense_block_answers(self, (self.in_chans, *self.image_size))
 
 
@@ -277,3 +280,86 @@ register_variant(
     stem_pool=False,
     final_norm=True,
 )
+
+
+# --- Brief D's questions ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DenseBlockShape:
+    index: int  # 1-based, as the brief counts
+    spatial: tuple[int, int]  # (height, width) the block runs at
+    in_channels: int
+    out_channels: int
+    num_layers: int
+    growth_rate: int
+
+
+@dataclass(frozen=True)
+class DenseNetAnswers:
+    input_shape: tuple[int, int, int]
+    blocks: list[DenseBlockShape]
+    fc_in_features: int  # input size of the final fully connected layer
+
+    def to_text(self) -> str:
+        """The answers as sentences, each with the closed form c_in + L*k beside the number."""
+        c, h, w = self.input_shape
+        lines = [f"Brief D's questions, for a {c}x{h}x{w} input (measured by a forward pass):"]
+        for block in self.blocks:
+            bh, bw = block.spatial
+            lines.append(
+                f"- Dense block {block.index} runs at {bh}x{bw} (height x width), with "
+                f"{block.in_channels} input channels and {block.out_channels} output channels "
+                f"({block.in_channels} + {block.num_layers} x {block.growth_rate})."
+            )
+        last = self.blocks[-1]
+        lines.append(
+            f"- The final fully connected layer takes {self.fc_in_features} input features "
+            f"(global average pooling of dense block {last.index}'s {last.out_channels} "
+            f"output channels over its {last.spatial[0]}x{last.spatial[1]} positions)."
+        )
+        return "\n".join(lines)
+
+
+def dense_block_answers(model: nn.Module, input_shape: tuple[int, int, int]) -> DenseNetAnswers:
+    """Spatial size and channels of every dense block, and the final FC layer's input size.
+
+    Measured by hooks on a real forward pass of a zero image of ``input_shape`` (C, H, W), so
+    they hold for any configuration (and any model built of ``DenseBlock``s); the tests check
+    them against the brief's closed form.
+    """
+    blocks: dict[nn.Module, DenseBlockShape] = {}
+    linears: list[int] = []  # in_features seen by each Linear call, in call order
+
+    def hook(module: nn.Module, inputs: tuple[Any, ...], output: Any) -> None:
+        if isinstance(module, DenseBlock) and module not in blocks:
+            x = inputs[0]
+            blocks[module] = DenseBlockShape(
+                index=len(blocks) + 1,
+                spatial=(x.shape[2], x.shape[3]),
+                in_channels=x.shape[1],
+                out_channels=output.shape[1],
+                num_layers=module.num_layers,
+                growth_rate=module.growth_rate,
+            )
+        elif isinstance(module, nn.Linear):
+            linears.append(inputs[0].shape[-1])
+
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    modes = {module: module.training for module in model.modules()}
+    handles = [module.register_forward_hook(hook) for module in model.modules()]
+    try:
+        model.eval()  # batch norm on running statistics: a batch of one image works
+        with torch.no_grad():
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, training in modes.items():
+            module.training = training
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} has no DenseBlock: not a DenseNet")
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no fully connected layer")
+    return DenseNetAnswers(tuple(input_shape), list(blocks.values()), linears[-1])

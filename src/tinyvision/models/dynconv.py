@@ -88,7 +88,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
-from tinyvision.models import register_variant
+from tinyvision.models import Brief, register_variant
 from tinyvision.models.layers import ACTIVATIONS
 
 Gate = Literal["softmax", "sigmoid", "relu", "identity"]
@@ -632,6 +632,12 @@ class DynConvNet(nn.Module):
     """stem block -> stages of dynamic-conv blocks -> spatial average pool -> classifier."""
 
     Config = DynConvConfig
+    brief = Brief(
+        "B",
+        "Dynamic-convolution CNN",
+        "blocks of K convolutions mixed per image by a = g(SpatialAveragePool(X) W) → spatial "
+        "average pooling → softmax regression.",
+    )
 
     def __init__(
         self, cfg: DynConvConfig, *, in_chans: int, num_classes: int, image_size: tuple[int, int]

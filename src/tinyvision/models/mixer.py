@@ -21,7 +21,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from tinyvision.models import register_variant
+from tinyvision.models import Brief, register_variant
 from tinyvision.models.layers import ACTIVATIONS, DropPath, PerBlockConfig, make_norm
 
 Activation = Literal["gelu", "relu", "silu", "tanh"]
@@ -169,6 +169,12 @@ class MixerBlock(nn.Module):
 
 class Mixer(nn.Module):
     Config = MixerConfig
+    brief = Brief(
+        "A",
+        "Patch-MLP (Mixer)",
+        "K×K patches → linear or MLP stem → blocks of a patch-mixing MLP and a feature-mixing "
+        "MLP → mean over patches → softmax regression.",
+    )
 
     def __init__(
         self, cfg: MixerConfig, *, in_chans: int, num_classes: int, image_size: tuple[int, int]

@@ -42,7 +42,7 @@ import torch
 from pydantic import Field, PositiveInt
 from torch import nn
 
-from tinyvision.models import register_variant
+from tinyvision.models import Brief, register_variant
 from tinyvision.models.layers import ACTIVATIONS, DropPath, PerBlockConfig, make_norm
 
 Activation = Literal["gelu", "relu", "silu", "tanh"]
@@ -115,6 +115,12 @@ class ResMLP(nn.Module):
     """flatten -> linear to w -> n residual blocks -> (norm) -> linear to num_classes."""
 
     Config = ResMLPConfig
+    brief = Brief(
+        "C",
+        "Residual MLP",
+        "flatten → linear to width w → residual blocks x + FC₂(act(FC₁(x))) → linear to the "
+        "logits.",
+    )
 
     def __init__(
         self, cfg: ResMLPConfig, *, in_chans: int, num_classes: int, image_size: tuple[int, int]

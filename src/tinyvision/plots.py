@@ -1,0 +1,189 @@
+"""The figures of a run, drawn from the files in its run folder (matplotlib, PNG, no display).
+
+    plot_curves(run)           curves.png: the loss over training, training and test accuracy
+                               per epoch (the engine redraws it after every epoch)
+    plot_confusion(...)        confusion.png: the test split's confusion matrix
+    plot_misclassified(...)    misclassified.png: a grid of test images with both labels
+
+A low-level module: it reads the run folder and draws, and imports neither the engine nor the
+report, so the engine may draw the curves while it trains and the report may draw the rest.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, safe in CI and over SSH
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+from matplotlib.ticker import MaxNLocator
+
+from tinyvision.runs import RunFolder, atomic_write
+
+FIGURE_DPI = 110
+
+
+def plot_curves(run: RunFolder) -> None:
+    """``curves.png``: the loss over training, and training and test accuracy per epoch."""
+    metrics = run.read_metrics()
+    steps = run.read_steps()
+    if not metrics:
+        return
+    epochs = [m["epoch"] for m in metrics]
+    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+
+    if steps:
+        loss_ax.plot(
+            [s[1] for s in steps],
+            [s[2] for s in steps],
+            color="tab:blue",
+            alpha=0.35,
+            linewidth=0.8,
+            label="train (every few steps)",
+        )
+    loss_ax.plot(
+        epochs,
+        [m["train_loss"] for m in metrics],
+        "o-",
+        color="tab:blue",
+        label="train (epoch mean)",
+    )
+    for split, color in (("val", "tab:green"), ("test", "tab:orange")):
+        points = [(m["epoch"], m[f"{split}_loss"]) for m in metrics if f"{split}_loss" in m]
+        if points:
+            loss_ax.plot(*zip(*points, strict=True), "o-", color=color, label=split)
+    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
+    loss_ax.grid(alpha=0.3)
+    loss_ax.legend()
+
+    acc_ax.plot(
+        epochs, [100 * m["train_acc"] for m in metrics], "o-", color="tab:blue", label="train"
+    )
+    for split, color in (("val", "tab:green"), ("test", "tab:orange")):
+        points = [(m["epoch"], 100 * m[f"{split}_acc"]) for m in metrics if f"{split}_acc" in m]
+        if points:
+            acc_ax.plot(*zip(*points, strict=True), "o-", color=color, label=split)
+    last = metrics[-1]
+    if "test_acc" in last:
+        acc_ax.annotate(
+            f"{100 * last['test_acc']:.2f}%",
+            (last["epoch"], 100 * last["test_acc"]),
+            textcoords="offset points",
+            xytext=(-4, -15),
+            ha="right",  # inside the axes: the last epoch sits at the right edge
+            color="tab:orange",
+        )
+    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
+    acc_ax.grid(alpha=0.3)
+    acc_ax.legend()
+    for ax in (loss_ax, acc_ax):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+
+    config = run.load_config()
+    fig.suptitle(f"{config.model_name} on {config.data.dataset} ({run.path.name})")
+    _save_figure(fig, run.path / "curves.png")
+
+
+def _save_figure(fig: plt.Figure, path: Path) -> bytes:
+    """Write ``fig`` to ``path`` as PNG (atomically) and return the bytes, for embedding."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
+    plt.close(fig)
+    data = buffer.getvalue()
+    atomic_write(path, lambda file: file.write(data))
+    return data
+
+
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> bytes:
+    """The confusion matrix: colour = share of the true class, text = image count."""
+    n = len(classes)
+    rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)
+    # Fixed margins sized to the longest class name: constrained layout would measure the 100
+    # count labels too, which takes longer than drawing them.
+    label = 0.4 + 0.065 * max(map(len, classes))  # inches taken by a rotated/straight name
+    side = 0.42 * n  # the matrix itself, square cells
+    left, bottom, right, top = label + 0.1, 0.5 * label + 0.35, 1.3, 0.35  # margins, inches
+    width, height = left + side + right, bottom + side + top
+    fig, ax = plt.subplots(figsize=(width, height))
+    fig.subplots_adjust(
+        left=left / width, right=1 - right / width, bottom=bottom / height, top=1 - top / height
+    )
+    image = ax.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(n):
+        for j in range(n):
+            count = int(confusion[i, j])
+            color = "white" if rates[i, j] > 0.55 else ("#222" if count else "#bbb")
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7.5, color=color)
+    ax.set_xticks(range(n), classes, rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(f"Confusion matrix: {int(confusion.sum()):,} test images", fontsize=10)
+    cax = fig.add_axes(
+        (1 - 1.05 / width, ax.get_position().y0, 0.15 / width, ax.get_position().height)
+    )
+    fig.colorbar(image, cax=cax, label="share of the true class")
+    return _save_figure(fig, path)
+
+
+def plot_misclassified(
+    images: torch.Tensor,
+    true: list[str],
+    predicted: list[str],
+    confidence: list[float],
+    path: Path,
+    columns: int = 8,
+) -> bytes:
+    """A grid of test images, each captioned with its true and predicted label.
+
+    One axes holding a mosaic (rather than an axes per image) keeps this fast for any count.
+    """
+    count = len(images)
+    if count == 0:
+        fig, ax = plt.subplots(figsize=(6, 1), constrained_layout=True)
+        ax.axis("off")
+        ax.text(0.5, 0.5, "no misclassified test images", ha="center", va="center")
+        return _save_figure(fig, path)
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    _, channels, height, width = images.shape
+    gap, caption = max(2, width // 10), round(height * 0.42)  # pixels between tiles, under them
+    cell_h, cell_w = height + caption + gap, width + gap
+    canvas = np.ones((rows * cell_h + gap, columns * cell_w + gap, 3), dtype=np.float32)
+    tiles = images.float().div(255).permute(0, 2, 3, 1).numpy()
+    if channels == 1:
+        tiles = np.repeat(tiles, 3, axis=3)
+    fig_w = columns * 1.35
+    fig, ax = plt.subplots(figsize=(fig_w, fig_w * canvas.shape[0] / canvas.shape[1]))
+    fig.subplots_adjust(0, 0, 1, 1)
+    for k in range(count):
+        r, c = divmod(k, columns)
+        top, left = gap + r * cell_h, gap + c * cell_w
+        canvas[top : top + height, left : left + width] = tiles[k]
+        centre = left + width / 2
+        ax.text(
+            centre,
+            top + height + caption * 0.28,
+            true[k],
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            color="#1a7f37",
+        )
+        ax.text(
+            centre,
+            top + height + caption * 0.8,
+            f"{predicted[k]} {confidence[k]:.0%}",
+            ha="center",
+            va="center",
+            fontsize=7.5,
+            color="#cf222e",
+        )
+    ax.imshow(canvas, interpolation="nearest")
+    ax.axis("off")
+    return _save_figure(fig, path)
