@@ -94,3 +94,17 @@ def test_model_must_be_a_table():
 def test_shipped_configs_are_valid(path):
     config = load_config(path)
     assert config.model_name
+
+
+@pytest.mark.parametrize(
+    ("model", "key"), [("mixer", "token_hidden"), ("mixer", "channel_hidden"), ("resmlp", "hidden")]
+)
+def test_an_empty_list_of_widths_is_a_config_error_that_names_it(model, key):
+    # It used to pass validation and fail later in the model's zip() over the blocks.
+    with pytest.raises(ConfigError, match=f"{key} is an empty list: give one width per block"):
+        load_config(None, [f"model.name={model}", f"model.{key}=[]"])
+
+
+def test_an_empty_list_stays_valid_where_it_is_the_default():
+    config = load_config(None, ["model.name=mixer", "model.block_dims=[]"])  # d in every block
+    assert config.model["block_dims"] == []

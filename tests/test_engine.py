@@ -382,3 +382,95 @@ def test_a_one_epoch_ema_run_scores_close_to_the_plain_weights(tmp_path):
 def test_a_warm_up_as_long_as_the_run_is_warned_about(tiny_config):
     with pytest.warns(UserWarning, match="warmup_epochs .* not shorter than train.epochs"):
         train(tiny_config("train.epochs=1", "schedule.warmup_epochs=1", "train.report=false"))
+
+
+# --- the loss curves say what they show ----------------------------------------------------
+
+
+def record_steps(
+    monkeypatch: pytest.MonkeyPatch, smoothing: float = 0.0
+) -> list[tuple[float, float, int, float, float]]:
+    """Every training step's (loss, plain CE, batch size, then recomputed from its logits: the
+    plain CE and the CE with label smoothing ``smoothing``)."""
+    import tinyvision.loop
+
+    steps = []
+    real_add = tinyvision.loop.EpochTotals.add
+
+    def add(self, loss, plain_ce, logits, targets):
+        logits = logits.detach().float()
+        plain = F.cross_entropy(logits, targets).item()
+        smoothed = F.cross_entropy(logits, targets, label_smoothing=smoothing).item()
+        steps.append((loss.item(), plain_ce.item(), targets.shape[0], plain, smoothed))
+        real_add(self, loss, plain_ce, logits, targets)
+
+    monkeypatch.setattr(tinyvision.loop.EpochTotals, "add", add)
+    return steps
+
+
+def test_each_point_of_the_loss_curve_is_the_mean_of_exactly_its_steps(tiny_config, monkeypatch):
+    from tinyvision.loop import LOG_EVERY
+    from tinyvision.runs import RunFolder
+
+    steps = record_steps(monkeypatch)
+    # 640 images in batches of 24: 26 steps an epoch, not a multiple of LOG_EVERY (20), so the
+    # points on either side of an epoch boundary cover steps of two epochs' windows.
+    run = train(tiny_config("data.batch_size=24", "train.epochs=3")).run_dir
+    steps_per_epoch = 640 // 24
+    points = RunFolder.open(run).read_steps()
+    losses = [step[0] for step in steps]
+    assert len(losses) == 3 * steps_per_epoch
+    covered = 0
+    for step, epoch_float, value in points:
+        assert value == pytest.approx(sum(losses[covered:step]) / (step - covered), rel=1e-5)
+        assert epoch_float == pytest.approx(step / steps_per_epoch, abs=1e-4)  # 4 decimals
+        covered = step
+    assert covered == len(losses)  # every step is in exactly one point
+    # Right after the first epoch boundary (step 26), the point at step 40 is the mean of
+    # steps 27..40, not their sum over LOG_EVERY (the dip the curve used to show).
+    after = next(point for point in points if point[0] > steps_per_epoch)
+    assert after[0] == 2 * LOG_EVERY
+    assert after[2] == pytest.approx(sum(losses[steps_per_epoch:40]) / (40 - steps_per_epoch))
+
+
+def test_metrics_keep_the_plain_cross_entropy_beside_the_smoothed_objective(
+    tiny_config, monkeypatch
+):
+    steps = record_steps(monkeypatch, smoothing=0.2)
+    run = train(tiny_config("train.label_smoothing=0.2", "train.epochs=1")).run_dir
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    seen = sum(n for _, _, n, _, _ in steps)
+    for loss, plain_ce, _, plain, smoothed in steps:
+        assert plain_ce == pytest.approx(plain, rel=1e-5)  # no smoothing in train_ce
+        assert loss == pytest.approx(smoothed, rel=1e-5)  # the objective has it
+    assert row["train_ce"] == pytest.approx(sum(c * n for _, c, n, _, _ in steps) / seen, rel=1e-5)
+    assert row["train_loss"] == pytest.approx(
+        sum(x * n for x, _, n, _, _ in steps) / seen, rel=1e-5
+    )
+    assert abs(row["train_loss"] - row["train_ce"]) > 0.01  # a gap the figure must not hide
+
+    steps.clear()
+    run = train(tiny_config("train.epochs=1")).run_dir  # without smoothing they are one value
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["train_ce"] == row["train_loss"]
+
+
+def test_the_curves_figure_compares_cross_entropy_with_cross_entropy(tiny_config, monkeypatch):
+    import tinyvision.plots
+
+    legends = {}
+    real_save = tinyvision.plots._save_figure
+
+    def save(fig, path):
+        if path.name == "curves.png":
+            legends["loss"] = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+        return real_save(fig, path)
+
+    monkeypatch.setattr(tinyvision.plots, "_save_figure", save)
+    train(tiny_config("train.label_smoothing=0.1", "train.epochs=1"))
+    assert legends["loss"] == [
+        "train objective (label smoothing 0.1), every few steps",
+        "train cross-entropy (epoch mean)",
+        "train objective (label smoothing 0.1) (epoch mean)",
+        "test cross-entropy",
+    ]

@@ -137,6 +137,25 @@ def test_report_command_rewrites_the_report(run_dir, capsys):
         assert (run_dir / name).exists()
 
 
+def test_report_command_rewrites_the_report_of_a_run_folder_copied_elsewhere(
+    run_dir, tmp_path, capsys
+):
+    # The report reads the run folder alone: nothing the training process held in memory, and
+    # no path it recorded (summary.json still names the original folder).
+    copy = tmp_path / "elsewhere" / "copied-run"
+    shutil.copytree(run_dir, copy)
+    for name in ("report.html", "report.md", "per_class.json", "confusion.png", "curves.png"):
+        (copy / name).unlink()
+    assert main(["report", str(copy)]) == 0
+    assert f"report: {copy / 'report.html'}" in capsys.readouterr().out
+    page = (copy / "report.html").read_text()
+    assert "<h1>copied-run</h1>" in page
+    assert (copy / "curves.png").stat().st_size > 0  # redrawn from the copied metrics
+    copied = json.loads((copy / "per_class.json").read_text())
+    original = json.loads((run_dir / "per_class.json").read_text())
+    assert copied["confusion"] == original["confusion"]
+
+
 def test_report_of_an_unfinished_run_says_how_to_finish_it(tiny_config):
     run = RunFolder.create(tiny_config())
     with pytest.raises(TinyVisionError, match="train --resume"):

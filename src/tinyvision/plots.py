@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -31,46 +32,70 @@ FIGURE_DPI = 110
 def plot_curves(run: RunFolder) -> None:
     """``curves.png``: the loss over training, and training and test accuracy per epoch."""
     metrics = run.read_metrics()
-    steps = run.read_steps()
     if not metrics:
         return
-    epochs = [m["epoch"] for m in metrics]
+    config = run.load_config()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    _plot_losses(loss_ax, metrics, run.read_steps(), config.train.label_smoothing)
+    _plot_accuracies(acc_ax, metrics)
+    for ax in (loss_ax, acc_ax):
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
+    fig.suptitle(f"{config.model_name} on {config.data.dataset} ({run.path.name})")
+    _save_figure(fig, run.path / "curves.png")
 
+
+def _plot_losses(
+    ax: plt.Axes,
+    metrics: list[dict[str, Any]],
+    steps: list[tuple[int, float, float]],
+    smoothing: float,
+) -> None:
+    # Like with like: the test and validation losses are plain cross-entropy, so the training
+    # line beside them is too (train_ce); the objective, which includes label smoothing (and
+    # mixup's soft targets), is drawn as its own line and says so.
+    epochs = [m["epoch"] for m in metrics]
+    objective = "train objective" + (f" (label smoothing {smoothing:g})" if smoothing else "")
     if steps:
-        loss_ax.plot(
+        ax.plot(
             [s[1] for s in steps],
             [s[2] for s in steps],
             color="tab:blue",
             alpha=0.35,
             linewidth=0.8,
-            label="train (every few steps)",
+            label=f"{objective}, every few steps",
         )
-    loss_ax.plot(
-        epochs,
-        [m["train_loss"] for m in metrics],
-        "o-",
-        color="tab:blue",
-        label="train (epoch mean)",
-    )
+    has_ce = all("train_ce" in m for m in metrics)  # runs from before it have the objective only
+    if has_ce:
+        ce = [m["train_ce"] for m in metrics]
+        ax.plot(epochs, ce, "o-", color="tab:blue", label="train cross-entropy (epoch mean)")
+    if smoothing or not has_ce:
+        ax.plot(
+            epochs,
+            [m["train_loss"] for m in metrics],
+            "x--" if has_ce else "o-",
+            color="tab:blue",
+            alpha=0.6 if has_ce else 1.0,
+            label=f"{objective} (epoch mean)",
+        )
     for split, color in (("val", "tab:green"), ("test", "tab:orange")):
         points = [(m["epoch"], m[f"{split}_loss"]) for m in metrics if f"{split}_loss" in m]
         if points:
-            loss_ax.plot(*zip(*points, strict=True), "o-", color=color, label=split)
-    loss_ax.set(xlabel="epoch", ylabel="cross-entropy loss", title="Loss")
-    loss_ax.grid(alpha=0.3)
-    loss_ax.legend()
+            ax.plot(*zip(*points, strict=True), "o-", color=color, label=f"{split} cross-entropy")
+    ax.set(xlabel="epoch", ylabel="loss", title="Loss")
 
-    acc_ax.plot(
-        epochs, [100 * m["train_acc"] for m in metrics], "o-", color="tab:blue", label="train"
-    )
+
+def _plot_accuracies(ax: plt.Axes, metrics: list[dict[str, Any]]) -> None:
+    epochs = [m["epoch"] for m in metrics]
+    ax.plot(epochs, [100 * m["train_acc"] for m in metrics], "o-", color="tab:blue", label="train")
     for split, color in (("val", "tab:green"), ("test", "tab:orange")):
         points = [(m["epoch"], 100 * m[f"{split}_acc"]) for m in metrics if f"{split}_acc" in m]
         if points:
-            acc_ax.plot(*zip(*points, strict=True), "o-", color=color, label=split)
+            ax.plot(*zip(*points, strict=True), "o-", color=color, label=split)
     last = metrics[-1]
     if "test_acc" in last:
-        acc_ax.annotate(
+        ax.annotate(
             f"{100 * last['test_acc']:.2f}%",
             (last["epoch"], 100 * last["test_acc"]),
             textcoords="offset points",
@@ -78,15 +103,7 @@ def plot_curves(run: RunFolder) -> None:
             ha="right",  # inside the axes: the last epoch sits at the right edge
             color="tab:orange",
         )
-    acc_ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
-    acc_ax.grid(alpha=0.3)
-    acc_ax.legend()
-    for ax in (loss_ax, acc_ax):
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
-
-    config = run.load_config()
-    fig.suptitle(f"{config.model_name} on {config.data.dataset} ({run.path.name})")
-    _save_figure(fig, run.path / "curves.png")
+    ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
 
 
 def _save_figure(fig: plt.Figure, path: Path) -> bytes:

@@ -4,6 +4,7 @@
         config.toml          the resolved config: every hyperparameter, defaults included
         environment.json     versions, hardware, device, data source and integrity check
         metrics.jsonl/.csv   one row per epoch: train/val/test loss and accuracy, lr, time
+                             (train_loss is the objective, train_ce its plain cross-entropy)
         steps.csv            the training loss every few steps (the fine-grained loss curve)
         curves.png           loss curve and training/test accuracy curves
         checkpoints/         last.pt and best.pt (full training state, for --resume)
@@ -39,6 +40,7 @@ METRIC_COLUMNS = [
     "step",
     "lr",
     "train_loss",
+    "train_ce",
     "train_acc",
     "val_loss",
     "val_acc",

@@ -48,7 +48,9 @@ class DropPath(nn.Module):
 class PerBlockConfig(BaseModel):
     """A model config whose widths may be one value for every block or a list, one per block.
 
-    Subclasses name those fields in ``PER_BLOCK`` and have a ``depth`` field.
+    Subclasses name those fields in ``PER_BLOCK`` and have a ``depth`` field. An empty list is
+    accepted only where it is the field's default (``block_dims = []``: keep the width in every
+    block); for a width that is one number by default, ``[]`` names no width at all.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -59,7 +61,14 @@ class PerBlockConfig(BaseModel):
     def _per_block_lists_match_depth(self) -> PerBlockConfig:
         for name in self.PER_BLOCK:
             value = getattr(self, name)
-            if isinstance(value, list) and value and len(value) != self.depth:
+            if value == []:
+                default = type(self).model_fields[name].get_default(call_default_factory=True)
+                if default != []:
+                    raise ValueError(
+                        f"{name} is an empty list: give one width per block ({self.depth} "
+                        f"values, as depth is {self.depth}) or one number for every block"
+                    )
+            elif isinstance(value, list) and len(value) != self.depth:
                 raise ValueError(f"{name} has {len(value)} entries but depth is {self.depth}")
         return self
 
