@@ -30,7 +30,8 @@ from _report import LoadMeter, Report
 
 from tinyvision.config import load_config
 from tinyvision.models import create_model
-from tinyvision.models.dynconv import DynamicConv2d, choose_method
+from tinyvision.models.dynconv import DynamicConv2d
+from tinyvision.ops.dynamic_conv import choose_method
 
 ROOT = Path(__file__).resolve().parent.parent
 METHODS = ("grouped", "hybrid", "bmm")

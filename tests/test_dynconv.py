@@ -10,7 +10,8 @@ import torch.nn.functional as F
 from tinyvision.config import load_config
 from tinyvision.errors import ConfigError
 from tinyvision.models import create_model, model_config
-from tinyvision.models.dynconv import DynamicConv2d, dynamic_conv2d
+from tinyvision.models.dynconv import DynamicConv2d
+from tinyvision.ops.dynamic_conv import dynamic_conv2d
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 METHODS = ["grouped", "hybrid", "bmm"]
@@ -93,7 +94,7 @@ def test_fast_gradcheck(method, kernel, stride):
 
 
 def test_fast_chunks_the_batch_without_changing_the_result(monkeypatch):
-    from tinyvision.models import dynconv
+    from tinyvision.ops import dynamic_conv
 
     torch.manual_seed(0)
     x = torch.randn(5, 4, 6, 6, dtype=DOUBLE, requires_grad=True)
@@ -102,7 +103,7 @@ def test_fast_chunks_the_batch_without_changing_the_result(monkeypatch):
     for method in METHODS:
         whole = dynamic_conv2d(x, a, weight, padding=1, impl="fast", method=method)
         grads = torch.autograd.grad(whole.sum(), (x, a, weight))
-        monkeypatch.setitem(dynconv.CHUNK_BYTES, "cpu", 1)  # one image per chunk
+        monkeypatch.setitem(dynamic_conv.CHUNK_BYTES, "cpu", 1)  # one image per chunk
         chunked = dynamic_conv2d(x, a, weight, padding=1, impl="fast", method=method)
         torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
         for g, e in zip(torch.autograd.grad(chunked.sum(), (x, a, weight)), grads, strict=True):
