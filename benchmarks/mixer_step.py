@@ -37,7 +37,7 @@ from _report import LoadMeter, Report, median
 from torch import nn
 
 from tinyvision.config import load_config
-from tinyvision.engine import resolve_device
+from tinyvision.device import resolve_device
 from tinyvision.models import create_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,7 +257,7 @@ def main() -> None:
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    # As tinyvision's engine configures torch (engine.configure_torch).
+    # As tinyvision's engine configures torch (device.configure_torch).
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     torch.backends.cudnn.benchmark = True

@@ -1,7 +1,8 @@
 """Where and how precisely tensors are computed: the device, autocast and torch's settings.
 
-A leaf module (it imports nothing else of tinyvision's but the errors), so the engine, the
-evaluation of a saved model and the benchmarks all choose devices and precision the same way.
+A leaf module (at run time it imports nothing of tinyvision's but the errors; the config only
+for annotations), so the engine, the evaluation of a saved model and the benchmarks all choose
+devices and precision the same way.
 """
 
 from __future__ import annotations
