@@ -55,12 +55,11 @@ class Loop:
     ) -> None:
         self.state, self.progress, self.config = state, state.progress, state.config
         self.world, self.device = state.world, state.device
-        self.step_model, self.train_loader, self.eval_loaders = (
-            step_model,
-            train_loader,
-            eval_loaders,
-        )
-        self.folder, self.run_path, self.on_epoch = run, run_path, on_epoch
+        self.step_model = step_model  # the model, or its DDP wrapper under torchrun
+        self.train_loader = train_loader
+        self.eval_loaders = eval_loaders
+        self.folder = run  # the run folder where this process writes it, else None
+        self.run_path, self.on_epoch = run_path, on_epoch
         self.autocast = autocast_for(self.config, self.device)
         self.eval_model = state.ema.module if state.ema is not None else state.model
         # Checks that need the host are made every step on a CPU (free there) but only every
