@@ -77,6 +77,7 @@ def test_report_renders_in_chromium_with_the_run_numbers(tiny_fashion_dir, tmp_p
     shutil.copytree(tiny_fashion_dir, data_dir)
     config = load_config(None, [*tiny_overrides(data_dir, tmp_path / "runs"), "train.name=tiny"])
     run = train(config).run_dir
+    assert main(["report", str(run)]) == 0  # as `tinyvision train` does once training returns
     summary = json.loads((run / "summary.json").read_text())
     last_epoch = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     per_class = json.loads((run / "per_class.json").read_text())
