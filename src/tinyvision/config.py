@@ -104,7 +104,9 @@ class TrainConfig(Section):
     out_dir: Path = Path("runs")
     name: str = Field("", max_length=100)  # run folder prefix; defaults to "<dataset>-<model>"
     progress: Literal["auto", "on", "off"] = "auto"  # auto = bars only on a terminal
-    report: bool = True  # write report.html / report.md at the end (sweep trials skip it)
+    # `tinyvision train` writes report.html / report.md once training has returned (the CLI,
+    # from the run folder; train() itself never does); sweep trials skip it.
+    report: bool = True
 
     @pydantic.field_validator("name")
     @classmethod
