@@ -36,9 +36,11 @@ from tinyvision import distributed
 from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset, split_validation
 from tinyvision.distributed import World
-from tinyvision.errors import TinyVisionError, TrainingError, TrainingInterrupted
+from tinyvision.errors import TinyVisionError, TrainingError, TrainingInterrupted, WriteError
+from tinyvision.lock import holding_locks, lock_run
 from tinyvision.models import create_model
 from tinyvision.optim import build_optimizer, build_scheduler
+from tinyvision.resume import plural, prepare_resume, write_failure
 from tinyvision.runs import RunFolder, environment
 
 SINGLE_PROCESS = World()
@@ -223,25 +225,40 @@ def train(
     config: Config | None = None,
     *,
     resume: str | Path | None = None,
+    epochs: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train ``config``, or resume the run in folder ``resume`` with its saved config.
 
+    With ``resume``, ``epochs`` extends (or shortens) the run to that many epochs: see
+    ``resume.py`` for what the schedule does then, and for finished, damaged and
+    never-checkpointed runs. The run folder is locked for the whole training (``lock.py``).
     ``on_epoch(row)`` is called with each epoch's metrics once they are saved; an exception it
     raises (a sweep pruning a trial, say) stops training with the run folder consistent.
     """
     if resume is None and config is None:
         raise ValueError("train() needs a config or a run folder to resume")
+    if epochs is not None and resume is None:
+        raise ValueError("train(epochs=...) extends a resumed run; set train.epochs otherwise")
     run: RunFolder | None = None
     if resume is not None:
         run = RunFolder.open(resume)
         config = run.load_config()
-        if not run.last_checkpoint.exists():
-            raise TinyVisionError(f"{run.path} has no checkpoint to resume from")
-        run.remove_temporaries()  # left by a process killed mid-write; before any process writes
     world, device_name = distributed.init(config.train.device)  # torchrun: one process per device
     try:
-        return _train(config, run, world, resolve_device(device_name), on_epoch)
+        with holding_locks():  # released however training ends
+            if run is not None:
+                if world.is_main:
+                    lock_run(run.path)  # before anything in the folder is touched
+                    run.remove_temporaries()  # left by a process killed mid-write
+                plan = prepare_resume(run, config, epochs, main=world.is_main)
+                distributed.gather(None, world)  # the others wait for process 0's repairs
+                if plan.finished:
+                    return RunResult(run.path, run.read_json("summary.json"))
+                config = plan.config
+            return _train(config, run, world, resolve_device(device_name), on_epoch)
+    except WriteError as err:  # disk full, folder read-only: say what is safe on disk
+        raise write_failure(err) from None
     finally:
         distributed.shutdown(world)
 
@@ -322,7 +339,7 @@ def _train(
     loader_epoch_start = train_loader.generator.get_state()  # rebuilds the epoch's batches
     if run is None:
         run = RunFolder.create(config) if main else None
-    else:
+    elif run.last_checkpoint.exists():  # (none: stopped before it, started again in its folder)
         checkpoint = torch.load(run.last_checkpoint, map_location=device, weights_only=False)
         model.load_state_dict(checkpoint["model"])
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -390,11 +407,12 @@ def _train(
     if main:
         print(
             f"training {config.model_name} ({num_params:,} parameters) on {config.data.dataset} "
-            f"[{dataset.source.get('integrity', '')}] for {config.train.epochs} epochs on "
-            f"{device}"
+            f"[{dataset.source.get('integrity', '')}] for {plural(config.train.epochs, 'epoch')} "
+            f"on {device}"
             + (f" x {world.size} processes" if world.distributed else "")
             + f"; run folder: {run_path}"
         )
+        print(data_source_line(dataset.source), flush=True)
     model.train()
     started = time.perf_counter() - state["elapsed"]
     stop = StopRequest()
@@ -634,6 +652,18 @@ def selection_score(row: dict[str, Any]) -> float:
     return -row["train_loss"]
 
 
+# What the epoch's "train accuracy" is: counted on the fly, not an evaluation of the model.
+TRAIN_ACC_MEANING = "running mean over the last epoch's augmented training batches"
+
+
+def data_source_line(source: dict[str, str]) -> str:
+    """Where the data came from, printed at the start of every training."""
+    return (
+        f"data: {source.get('location', '?')} (found by: {source.get('found_by', '?')}; "
+        f"{source.get('integrity', '')})"
+    )
+
+
 def format_row(row: dict[str, Any], epochs: int) -> str:
     parts = [
         f"epoch {row['epoch']:>3}/{epochs}",
@@ -675,6 +705,7 @@ def finish_run(
         "final_test_acc": last["test_acc"],
         "final_test_loss": last["test_loss"],
         "final_train_acc": last["train_acc"],
+        "final_train_acc_is": TRAIN_ACC_MEANING,
         "final_val_acc": last.get("val_acc"),
         "best_val_acc": max((m["val_acc"] for m in metrics if "val_acc" in m), default=None),
         "train_seconds": last["elapsed_seconds"],
@@ -683,9 +714,9 @@ def finish_run(
     }
     run.write_json("summary.json", summary)
     print(
-        f"final test accuracy: {summary['final_test_acc']:.2%} "
-        f"(train {summary['final_train_acc']:.2%}) after {summary['epochs']} epochs, "
-        f"{summary['train_seconds']:.0f}s\nrun folder: {run.path}"
+        f"final test accuracy: {summary['final_test_acc']:.2%} after "
+        f"{plural(summary['epochs'], 'epoch')}, {summary['train_seconds']:.0f}s (train accuracy "
+        f"{summary['final_train_acc']:.2%}: {TRAIN_ACC_MEANING})\nrun folder: {run.path}"
     )
     if config.train.report:
         from tinyvision.report import report_after_training
