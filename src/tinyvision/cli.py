@@ -433,11 +433,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tinyvision.predict import format_predictions, predict_files
 
+    unreadable: list[str] = []
     predictions = predict_files(
-        args.run, args.images, top_k=args.top_k, invert=args.invert, fit=args.fit
+        args.run,
+        args.images,
+        top_k=args.top_k,
+        invert=args.invert,
+        fit=args.fit,
+        unreadable=unreadable,
     )
-    print(format_predictions(predictions, as_json=args.json))
-    return 0
+    if predictions:  # the good files first, then each bad one
+        print(format_predictions(predictions, as_json=args.json), flush=True)
+    for problem in unreadable:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if unreadable else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
