@@ -146,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare",
         help="compare runs: settings that differ and results, as a table",
-        description="One row per run: name, model, the hyperparameters that differ between the "
-        "runs, epochs, final train/test accuracy, best validation accuracy, time.",
+        description="One row per run: name, then the results (final test accuracy, best "
+        "validation accuracy, final train accuracy, epochs, time), then the model and the "
+        "hyperparameters that differ between the runs. The table fits the terminal (COLUMNS): "
+        "columns that do not fit follow in further blocks.",
     )
     compare.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folders, or folders holding run folders"

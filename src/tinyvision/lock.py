@@ -65,6 +65,14 @@ class RunLock:
 
 
 _held: list[RunLock] = []
+_depth = 0  # how many holding_locks() blocks are open
+
+
+def lock_if_training(run_dir: Path) -> None:
+    """Lock ``run_dir`` when inside ``holding_locks()`` (a training); a folder made outside
+    one (by a tool or a test) is left unlocked, as nothing would release its lock."""
+    if _depth:
+        lock_run(run_dir)
 
 
 def lock_run(run_dir: Path) -> RunLock:
@@ -78,9 +86,12 @@ def lock_run(run_dir: Path) -> RunLock:
 @contextlib.contextmanager
 def holding_locks() -> Iterator[None]:
     """Release every lock taken inside the block when it ends, by return or by exception."""
+    global _depth
     start = len(_held)
+    _depth += 1
     try:
         yield
     finally:
+        _depth -= 1
         while len(_held) > start:
             _held.pop().release()

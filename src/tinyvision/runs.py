@@ -34,7 +34,7 @@ import torch
 
 from tinyvision.config import Config, load_config
 from tinyvision.errors import TinyVisionError, WriteError
-from tinyvision.lock import lock_run
+from tinyvision.lock import lock_if_training
 
 METRIC_COLUMNS = [
     "epoch",
@@ -117,7 +117,7 @@ class RunFolder:
             except OSError as err:
                 raise WriteError(path, err) from None
         # Locked before config.toml exists: no --resume can take the folder from under us.
-        lock_run(path)
+        lock_if_training(path)
         run = cls(path)
         atomic_write_text(run.config_path, config.to_toml())
         return run
