@@ -259,8 +259,8 @@ def test_a_data_dir_the_user_named_is_used_or_refused_never_skipped(
     why = "no such folder" if case == "does not exist" else "missing train-images-idx3-ubyte"
     assert f"{named} (data_dir argument): {why}" in message
     reliability.record(
-        "data",
-        f"--data-dir DIR where DIR {case} (a copy exists elsewhere)",
+        "data folder",
+        f"load_dataset(data_dir=DIR) where DIR {case} (a copy exists elsewhere)",
         f"DataError, nothing else searched: {message.splitlines()[0]} / {message.splitlines()[1]}",
     )
 

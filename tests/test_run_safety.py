@@ -386,7 +386,7 @@ def test_a_config_that_is_not_a_text_file(given, tmp_path, capsys, reliability) 
     assert rc == 2
     line = one_error_line(err)
     assert line.startswith(want)
-    reliability.record("config", f"{given} given as the config file", f"exit 2, {line}")
+    reliability.record("config file", f"{given} given as the config file", f"exit 2, {line}")
 
 
 @pytest.mark.parametrize("given", ["no config", "an empty config file"])
@@ -402,7 +402,7 @@ def test_training_the_defaults_says_so(given, tmp_path, monkeypatch, capsys, rel
     why = "no config file given" if given == "no config" else f"{tmp_path / 'empty.toml'} sets "
     assert out.startswith(why)
     assert "the built-in defaults: training mixer on fashion-mnist for 10 epochs" in out
-    reliability.record("config", f"`tinyvision train` with {given}", out.strip())
+    reliability.record("config file", f"`tinyvision train` with {given}", out.strip())
 
 
 def test_training_prints_where_its_data_came_from(tiny_config, capsys, reliability) -> None:
@@ -413,7 +413,7 @@ def test_training_prints_where_its_data_came_from(tiny_config, capsys, reliabili
     assert line.startswith(f"data: {config.data.data_dir} (found by: data_dir argument; ")
     assert "for 1 epoch on" in out  # not "1 epochs"
     assert "train accuracy" in out and "running mean over the last epoch's augmented" in out
-    reliability.record("data", "where the data came from, at the start of training", line)
+    reliability.record("data folder", "where the data came from, at the start of training", line)
 
 
 @pytest.mark.parametrize("case", ["does not exist", "holds no data set"])
@@ -428,4 +428,26 @@ def test_train_with_a_data_dir_that_is_not_there_is_refused(
     assert f"error: no Fashion-MNIST in the data folder you named, {named}" in err
     assert not (tmp_path / "runs").exists()
     first = err.splitlines()[0]
-    reliability.record("data", f"`tinyvision train --data-dir DIR`, DIR {case}", f"exit 2, {first}")
+    reliability.record(
+        "data folder", f"`tinyvision train --data-dir DIR`, DIR {case}", f"exit 2, {first}"
+    )
+
+
+@pytest.mark.parametrize("progress", ["auto", "off"])
+def test_off_a_terminal_a_line_is_printed_within_each_epoch(
+    progress, tiny_config, monkeypatch, capsys, reliability
+) -> None:
+    default = tinyvision.engine.PROGRESS_SECONDS
+    monkeypatch.setattr(tinyvision.engine, "PROGRESS_SECONDS", 0.0)  # every step, for the test
+    train(tiny_config(*SETTINGS, f"train.progress={progress}", "train.epochs=1"))
+    out = capsys.readouterr().out  # captured: not a terminal
+    lines = [line.strip() for line in out.splitlines() if line.startswith("  epoch 1/1: step")]
+    if progress == "off":
+        assert lines == []
+        return
+    assert [line.split()[3] for line in lines] == [f"{n}/10" for n in range(1, 10)]
+    reliability.record(
+        "cli",
+        "training with its output not a terminal (progress bars off there)",
+        f"a line within the epoch every {default:g} s by default, e.g. '{lines[-1]}'",
+    )

@@ -45,6 +45,9 @@ from tinyvision.runs import RunFolder, environment
 
 SINGLE_PROCESS = World()
 LOG_EVERY = 20  # steps between points of the loss curve (and progress-bar refreshes)
+# Off a terminal there are no progress bars: a line this often within an epoch instead (an
+# epoch can take minutes on a CPU, and a log that says nothing looks like a hang).
+PROGRESS_SECONDS = 30.0
 CHECKPOINT_VERSION = 1
 
 
@@ -432,6 +435,11 @@ def _train(
                 desc=f"epoch {epoch + 1}/{config.train.epochs}",
                 unit="step",
             )
+            lines = ProgressLines(
+                main and config.train.progress == "auto" and not sys.stderr.isatty(),
+                f"epoch {epoch + 1}/{config.train.epochs}",
+                steps_per_epoch,
+            )
             # The epoch's batch order is drawn from the loader's generator state at its start;
             # a resumed epoch draws the same and starts at the step it had reached.
             for step_in_epoch, (images, targets) in enumerate(train_loader.epoch(skip), skip):
@@ -465,6 +473,8 @@ def _train(
                     epoch_float = epoch + (step_in_epoch + 1) / steps_per_epoch
                     state["steps"].append((state["global_step"], epoch_float, mean_loss))
                     bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+                    lines.loss = mean_loss
+                lines.step(step_in_epoch + 1)
                 every = config.train.checkpoint_every_steps
                 if (every and state["global_step"] % every == 0) or stopping:
                     state["partial"] = totals.state()
@@ -538,6 +548,33 @@ def _train(
 
 def _fast_path(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
+class ProgressLines:
+    """A line every ``PROGRESS_SECONDS`` within an epoch, for logs where the bar is off.
+
+    The loss shown is the last LOG_EVERY-step mean already read for the loss curve: printing
+    adds no host synchronisation.
+    """
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+        self.loss: float | None = None
+        self.started = self.last = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        if not self.enabled or done == self.total:  # the epoch's own line follows at its end
+            return
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+        print(
+            f"  {self.label}: step {done}/{self.total} ({done / self.total:.0%}){loss}, "
+            f"{now - self.started:.0f}s",
+            flush=True,
+        )
 
 
 class EpochTotals:
