@@ -90,7 +90,7 @@ HOW = {
 def short_paths(text: str) -> str:
     """pytest's temporary folders are noise in a document: keep the last part of each path."""
     text = re.sub(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s']+", "…", text)
-    return re.sub(r"(…/)?runs/fashion-mnist-\S+-\d{8}-\d{6}(-\d+)?", "RUN", text)
+    return re.sub(r"(…/)?(runs/)?fashion-mnist-[\w-]+?-\d{8}-\d{6}(-\d+)?", "RUN", text)
 
 
 def cell(text: Any) -> str:

@@ -87,8 +87,9 @@ def test_damaged_last_checkpoint_resumes_from_the_newest_intact_one(
     run = copy_of(stopped_run, tmp_path)
     last = run / "checkpoints" / "last.pt"
     size = last.stat().st_size
+    cut = 0 if damage == "emptied to 0 bytes" else min(100_000, size // 2)
     with last.open("r+b") as file:
-        file.truncate(0 if damage == "emptied to 0 bytes" else min(100_000, size // 2))
+        file.truncate(cut)
     rc, out, err = cli(capsys, "train", "--resume", run)
     assert rc == 0, err
     assert "warning: checkpoints/last.pt is damaged" in out
@@ -98,7 +99,9 @@ def test_damaged_last_checkpoint_resumes_from_the_newest_intact_one(
     assert [m["epoch"] for m in metrics] == [1, 2] and (run / "summary.json").is_file()
     said = next(line for line in out.splitlines() if line.startswith("resuming from"))
     reliability.record(
-        "resume", f"--resume with checkpoints/last.pt {damage}", f"exit 0; '{said}'; finished"
+        "resume",
+        f"--resume with checkpoints/last.pt ({size:,} bytes) cut to {cut:,} bytes",
+        f"exit 0; '{said}'; finished",
     )
 
 

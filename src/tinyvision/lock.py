@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 
-from tinyvision.errors import RunInUse
+from tinyvision.errors import RunInUse, WriteError
 
 try:
     import fcntl
@@ -40,7 +40,10 @@ class RunLock:
     def acquire(self) -> None:
         if fcntl is None:
             return
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:  # a read-only run folder cannot be trained in
+            raise WriteError(self.path, err) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
