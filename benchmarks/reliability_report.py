@@ -1,14 +1,14 @@
 """Render docs/reliability.md from the records the reliability tests wrote.
 
 The tests (tests/test_kill_resume.py, test_run_safety.py, test_bad_input.py, test_data.py,
-test_config_fuzz.py, test_predict.py, test_export.py) record every fault they inject and every
-bad input they try, with the outcome they observed and their own pass/fail result, into
-test-artifacts/reliability.json (see tests/reliability_log.py). This script only formats that
-file; it adds no outcome of its own.
+test_config_fuzz.py, test_predict.py, test_export.py, test_compare.py) record every fault they
+inject and every bad input they try, with the outcome they observed and their own pass/fail
+result, into test-artifacts/reliability.json (see tests/reliability_log.py). This script only
+formats that file; it adds no outcome of its own.
 
     .venv/bin/python -m pytest tests/test_kill_resume.py tests/test_run_safety.py \\
         tests/test_bad_input.py tests/test_data.py tests/test_config_fuzz.py \\
-        tests/test_predict.py tests/test_export.py
+        tests/test_predict.py tests/test_export.py tests/test_compare.py
     .venv/bin/python benchmarks/reliability_report.py [--json FILE] [--out FILE.md]
 """
 

@@ -168,7 +168,9 @@ def test_page_escapes_what_users_typed(tmp_path):
     assert "<i>" not in html and "runs&lt;i&gt;&amp;amp;" in html
 
 
-def test_the_table_fits_the_terminal_results_first(runs_dir, tmp_path, monkeypatch, capsys):
+def test_the_table_fits_the_terminal_results_first(
+    runs_dir, tmp_path, monkeypatch, capsys, reliability
+):
     # Four runs with a hyperparameter each that the others lack: a wide table.
     for i, key in enumerate(["optim.weight_decay=0.1", "train.label_smoothing=0.1"]):
         make_run(runs_dir, f"extra-{i}", [key], [0.5, 0.6], 3.0)
@@ -186,3 +188,9 @@ def test_the_table_fits_the_terminal_results_first(runs_dir, tmp_path, monkeypat
     html = page.read_text()
     head = html[html.index("<thead>") : html.index("</thead>")]
     assert head.index("test acc") < head.index("model") < head.index("optim.lr")
+    reliability.record(
+        "cli",
+        "`tinyvision compare` of 5 runs with COLUMNS=80",
+        f"every line at most 80 characters, in {len(blocks)} blocks led by the run's name; the "
+        "accuracies come first, in the text and in compare.html",
+    )

@@ -26,6 +26,7 @@ import pytest
 import torch
 from conftest import tiny_config_for
 
+import tinyvision
 import tinyvision.engine
 import tinyvision.runs
 from tinyvision.cli import main
@@ -409,14 +410,27 @@ def test_training_the_defaults_says_so(given, tmp_path, monkeypatch, capsys, rel
 
 
 def test_training_prints_where_its_data_came_from(tiny_config, capsys, reliability) -> None:
-    config = tiny_config(*SETTINGS, "train.epochs=1")
+    config = tiny_config(*SETTINGS, "train.epochs=1", "train.report=true")
     train(config)
     out = capsys.readouterr().out
     line = next(line for line in out.splitlines() if line.startswith("data: "))
     assert line.startswith(f"data: {config.data.data_dir} (found by: data_dir argument; ")
-    assert "for 1 epoch on" in out  # not "1 epochs"
-    assert "train accuracy" in out and "running mean over the last epoch's augmented" in out
+    assert "for 1 epoch on" in out and "after 1 epoch," in out  # not "1 epochs"
+    final = next(line for line in out.splitlines() if line.startswith("final test accuracy"))
+    assert "(train accuracy " in final
+    assert "running mean over the last epoch's augmented training batches" in final
+    run = Path(next(line for line in out.splitlines() if line.startswith("run folder: "))[12:])
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final_train_acc_is"].startswith("running mean over the last epoch's")
+    report = (run / "report.md").read_text()
+    assert "final train accuracy (running mean over the last epoch's augmented" in report
     reliability.record("data folder", "where the data came from, at the start of training", line)
+    reliability.record(
+        "cli",
+        "one epoch; the final train accuracy (counted during training, not evaluated)",
+        f"'for 1 epoch', not '1 epochs'; '{final}'; summary.json final_train_acc_is and "
+        "report.md say the same",
+    )
 
 
 @pytest.mark.parametrize("case", ["does not exist", "holds no data set"])
@@ -430,7 +444,7 @@ def test_train_with_a_data_dir_that_is_not_there_is_refused(
     assert rc == 2 and "Traceback" not in err
     assert f"error: no Fashion-MNIST in the data folder you named, {named}" in err
     assert not (tmp_path / "runs").exists()
-    first = err.splitlines()[0]
+    first = " / ".join(err.splitlines()[:2])
     reliability.record(
         "data folder", f"`tinyvision train --data-dir DIR`, DIR {case}", f"exit 2, {first}"
     )
@@ -454,3 +468,24 @@ def test_off_a_terminal_a_line_is_printed_within_each_epoch(
         "training with its output not a terminal (progress bars off there)",
         f"a line within the epoch every {default:g} s by default, e.g. '{lines[-1]}'",
     )
+
+
+def test_version_and_help_descriptions(capsys, reliability) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    version = capsys.readouterr().out.strip()
+    assert version == f"tinyvision {tinyvision.__version__}"
+    descriptions = {}
+    for command in ("models", "data"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        text = capsys.readouterr().out
+        # The description is the paragraph after the usage lines.
+        descriptions[command] = text.split("\n\n")[1].replace("\n", " ").strip()
+        assert len(descriptions[command]) > 40
+    assert "model.name" in descriptions["models"]
+    assert "TINYVISION_DATA" in descriptions["data"]
+    reliability.record("cli", "`tinyvision --version`", f"'{version}'")
+    for command, text in descriptions.items():
+        reliability.record("cli", f"`tinyvision {command} --help`", f"describes it: '{text}'")
