@@ -1,12 +1,14 @@
 """Render docs/reliability.md from the records the reliability tests wrote.
 
-The tests (tests/test_kill_resume.py, test_bad_input.py, test_config_fuzz.py, test_predict.py,
-test_export.py) record every fault they inject and every bad input they try, with the outcome
-they observed and their own pass/fail result, into test-artifacts/reliability.json (see
-tests/reliability_log.py). This script only formats that file; it adds no outcome of its own.
+The tests (tests/test_kill_resume.py, test_run_safety.py, test_bad_input.py, test_data.py,
+test_config_fuzz.py, test_predict.py, test_export.py, test_compare.py) record every fault they
+inject and every bad input they try, with the outcome they observed and their own pass/fail
+result, into test-artifacts/reliability.json (see tests/reliability_log.py). This script only
+formats that file; it adds no outcome of its own.
 
-    .venv/bin/python -m pytest tests/test_kill_resume.py tests/test_bad_input.py \\
-        tests/test_config_fuzz.py tests/test_predict.py tests/test_export.py
+    .venv/bin/python -m pytest tests/test_kill_resume.py tests/test_run_safety.py \\
+        tests/test_bad_input.py tests/test_data.py tests/test_config_fuzz.py \\
+        tests/test_predict.py tests/test_export.py tests/test_compare.py
     .venv/bin/python benchmarks/reliability_report.py [--json FILE] [--out FILE.md]
 """
 
@@ -24,12 +26,18 @@ ROOT = Path(__file__).resolve().parent.parent
 # Areas in the order of the issue; an area not listed here is appended after them.
 AREAS = {
     "interruption": "Interruptions: SIGKILL at random moments, Ctrl-C",
+    "resume": "`--resume`: damaged checkpoints, finished, extended and never-checkpointed runs",
+    "locking": "Two processes on one run folder",
+    "disk": "Full disks and read-only folders",
     "data": "Data: missing, damaged, wrong-format files, checksums, downloads",
     "config": "Configs: unknown keys, wrong types, impossible values, models that do not fit",
     "config (property-based)": "Configs, property-based (Hypothesis)",
+    "config file": "What is given as the config file",
+    "data folder": "`--data-dir`, and where the data came from",
     "numerics": "Numerics: NaN and infinite losses, broken weights",
     "resources": "Resources: out of GPU memory",
     "predict": "`tinyvision predict`: image files of every kind",
+    "cli": "What the command line says while it works",
     "export": "`tinyvision export`: ONNX against PyTorch",
 }
 HOW = {
@@ -41,6 +49,22 @@ HOW = {
     "resumed with `--resume`, possibly killed again, and finished; its `model.pt`, "
     "metrics and loss curve are compared with an uninterrupted run of the same seed. Where a "
     "kill landed is read from the checkpoint it left.",
+    "resume": "A tiny 2-epoch run (10 steps an epoch, a checkpoint every 4 steps), finished or "
+    "stopped after its first epoch, is copied, damaged (checkpoints truncated or emptied) and "
+    "resumed through the CLI (`tinyvision.cli.main`).",
+    "locking": "Two real `python -m tinyvision` processes: the first trains, the second is "
+    "started with `--resume` on the same folder; then the first is sent SIGKILL and the folder "
+    "is locked again. The lock is `fcntl.flock` on `RUN/train.lock` (see `lock.py`).",
+    "disk": "The failing write is injected where every run file is written "
+    "(`runs.atomic_write`): its `os` and `tempfile` are replaced by ones that raise the "
+    "operating system's own error (ENOSPC, EROFS) at the chosen file, so `torch.save` and "
+    "matplotlib meet it as on a real full disk. The run is then resumed with the fault gone.",
+    "config file": "Through the CLI (`tinyvision.cli.main`); for the defaults, training itself "
+    "is replaced by a stand-in that records the config it was given.",
+    "data folder": "The named folder is missing or empty while a complete copy sits in a "
+    "system folder that must not be used instead; through `load_dataset` and the CLI.",
+    "cli": "Through `tinyvision.cli.main` or a training in the test's process, its output "
+    "captured (not a terminal).",
     "data": "Copies of the tiny data set are damaged and trained on through `train()`; the "
     "run folder must not exist afterwards. Downloads come from a local HTTP server that cuts "
     "the connection half-way through the first file.",
@@ -66,7 +90,7 @@ HOW = {
 def short_paths(text: str) -> str:
     """pytest's temporary folders are noise in a document: keep the last part of each path."""
     text = re.sub(r"/tmp/pytest-of-[^/\s]+/pytest-\d+/[^/\s']+", "…", text)
-    return re.sub(r"(…/)?runs/fashion-mnist-\S+-\d{8}-\d{6}(-\d+)?", "RUN", text)
+    return re.sub(r"(…/)?(runs/)?fashion-mnist-[\w-]+?-\d{8}-\d{6}(-\d+)?", "RUN", text)
 
 
 def cell(text: Any) -> str:

@@ -74,8 +74,8 @@ def test_columns_are_the_settings_that_differ_and_the_results(runs_dir):
     assert differing_keys(runs) == ["model.dim", "optim.lr"]  # in config order
     table = ComparisonTable.build(runs)
     assert table.columns == [
-        "run", "model", "model.dim", "optim.lr",
-        "epochs", "train_acc", "test_acc", "best_val_acc", "time",
+        "run", "test_acc", "best_val_acc", "train_acc", "epochs", "time",
+        "model", "model.dim", "optim.lr",
     ]  # fmt: skip
     # Shared settings are listed once; where a run was stored is not a setting at all.
     assert table.shared["data.batch_size"] == 64
@@ -89,19 +89,20 @@ def test_table_is_sorted_by_test_accuracy_best_first(runs_dir):
         "adam-small",
         "adam-fast",
     ]
-    text = table.to_text()
+    text = table.to_text(width=200)
     lines = text.splitlines()
     header, rule, *rows = lines[: 2 + 3]
     assert header.split() == [
-        "run", "model", "model.dim", "optim.lr", "epochs", "train", "acc", "test", "acc", "↓",
-        "best", "val", "acc", "time",
+        "run", "test", "acc", "↓", "best", "val", "acc", "train", "acc", "epochs", "time",
+        "model", "model.dim", "optim.lr",
     ]  # fmt: skip
     assert set(rule) <= {"-", " "}
     assert len({len(line) for line in (header, rule, *rows)}) == 1  # aligned columns
     first = rows[0].split()
     assert first[0].startswith("adam-wide-") and first[1:] == [
-        "mixer", "64", "0.003", "2", "90.00%", "85.00%", "—", "1m35s",
+        "85.00%", "—", "90.00%", "2", "1m35s", "mixer", "64", "0.003",
     ]  # fmt: skip
+    assert "train acc: running mean over the last epoch's augmented training batches" in text
     assert "shared by all runs: " in text and "data.batch_size=64" in text
 
 
@@ -121,7 +122,7 @@ def test_sort_by_any_column_or_config_key(runs_dir, sort, reverse, expected):
 
 
 def test_unknown_sort_key_names_the_valid_ones(runs_dir):
-    with pytest.raises(TinyVisionError, match="cannot sort by 'speed': use one of run, model"):
+    with pytest.raises(TinyVisionError, match="cannot sort by 'speed': use one of run, test_acc"):
         ComparisonTable.build(find_runs([runs_dir]), sort="speed")
 
 
@@ -165,3 +166,31 @@ def test_page_escapes_what_users_typed(tmp_path):
     make_run(out, "b", ["optim.lr=2e-3"], [0.6], 1.0)
     html = render_comparison_html(ComparisonTable.build(find_runs([out])))
     assert "<i>" not in html and "runs&lt;i&gt;&amp;amp;" in html
+
+
+def test_the_table_fits_the_terminal_results_first(
+    runs_dir, tmp_path, monkeypatch, capsys, reliability
+):
+    # Four runs with a hyperparameter each that the others lack: a wide table.
+    for i, key in enumerate(["optim.weight_decay=0.1", "train.label_smoothing=0.1"]):
+        make_run(runs_dir, f"extra-{i}", [key], [0.5, 0.6], 3.0)
+    monkeypatch.setenv("COLUMNS", "80")
+    page = tmp_path / "compare.html"
+    assert main(["compare", str(runs_dir), "--html", str(page)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert max(len(line) for line in lines if not line.startswith("comparison page")) <= 80
+    header = lines[0].split()
+    assert header[:4] == ["run", "test", "acc", "↓"]  # the results lead the first block
+    blocks = [i for i, line in enumerate(lines) if line.startswith("run ")]
+    assert len(blocks) >= 2  # what did not fit follows, led by the run's name again
+    assert "optim.weight_decay" in out and "train.label_smoothing" in out
+    html = page.read_text()
+    head = html[html.index("<thead>") : html.index("</thead>")]
+    assert head.index("test acc") < head.index("model") < head.index("optim.lr")
+    reliability.record(
+        "cli",
+        "`tinyvision compare` of 5 runs with COLUMNS=80",
+        f"every line at most 80 characters, in {len(blocks)} blocks led by the run's name; the "
+        "accuracies come first, in the text and in compare.html",
+    )

@@ -222,14 +222,14 @@ def test_fashion_corrupt_gzip(tmp_path, damage):
 def test_missing_data_lists_every_place_tried_and_how_to_get_it(tmp_path, monkeypatch):
     write_fashion(tmp_path / "partial")
     (tmp_path / "partial" / "t10k-labels-idx1-ubyte.gz").unlink()
+    monkeypatch.setenv("TINYVISION_DATA", str(tmp_path / "partial"))
     monkeypatch.setattr(sources, "SYSTEM_FOLDERS", {"fashion-mnist": [tmp_path / "sys"]})
     with pytest.raises(DataError) as err:
-        load_dataset("fashion-mnist", tmp_path / "partial", download=False)
+        load_dataset("fashion-mnist", download=False)
     message = str(err.value)
     for place in [
-        f"{tmp_path / 'partial'} (data_dir argument): missing t10k-labels-idx1-ubyte[.gz]",
-        f"{tmp_path / 'partial' / 'fashion-mnist'} (data_dir argument): no such folder",
-        "$TINYVISION_DATA: not set",
+        f"{tmp_path / 'partial'} (TINYVISION_DATA): missing t10k-labels-idx1-ubyte[.gz]",
+        f"{tmp_path / 'partial' / 'fashion-mnist'} (TINYVISION_DATA): no such folder",
         f"{tmp_path / 'cache' / 'fashion-mnist'} (user cache)",
         f"{tmp_path / 'sys'} (system folder)",
         "download: not tried (download=False, CLI --no-download)",
@@ -237,8 +237,32 @@ def test_missing_data_lists_every_place_tried_and_how_to_get_it(tmp_path, monkey
         "--data-dir",
     ]:
         assert place in message
-    assert message.index("data_dir argument") < message.index("TINYVISION_DATA")
     assert message.index("TINYVISION_DATA") < message.index("user cache")
+
+
+@pytest.mark.parametrize("case", ["does not exist", "holds no data set"])
+def test_a_data_dir_the_user_named_is_used_or_refused_never_skipped(
+    case, tmp_path, monkeypatch, reliability
+):
+    # A complete copy elsewhere (the system folder) must not be used instead of the named one.
+    write_fashion(tmp_path / "sys")
+    monkeypatch.setattr(sources, "SYSTEM_FOLDERS", {"fashion-mnist": [tmp_path / "sys"]})
+    named = tmp_path / ("typo" if case == "does not exist" else "empty")
+    if case == "holds no data set":
+        named.mkdir()
+    with pytest.raises(DataError) as err:
+        load_dataset("fashion-mnist", named, verify=False)  # download allowed: not tried either
+    message = str(err.value)
+    assert f"no Fashion-MNIST in the data folder you named, {named}" in message
+    assert "nowhere else was searched and nothing was downloaded" in message
+    assert str(tmp_path / "sys") not in message and "download:" not in message
+    why = "no such folder" if case == "does not exist" else "missing train-images-idx3-ubyte"
+    assert f"{named} (data_dir argument): {why}" in message
+    reliability.record(
+        "data folder",
+        f"load_dataset(data_dir=DIR) where DIR {case} (a copy exists elsewhere)",
+        f"DataError, nothing else searched: {message.splitlines()[0]} / {message.splitlines()[1]}",
+    )
 
 
 def test_unknown_data_set():
@@ -248,8 +272,8 @@ def test_unknown_data_set():
 
 def test_lookup_order(tmp_path, monkeypatch):
     # Each place holds a copy of a different size, so the size says which one was read.
+    # (A data_dir argument is the only place searched when given: see the test above.)
     places = {
-        "data_dir argument": tmp_path / "arg",
         "TINYVISION_DATA": tmp_path / "env",
         "user cache": tmp_path / "cache" / "fashion-mnist",
         "system folder": tmp_path / "sys",
@@ -259,7 +283,7 @@ def test_lookup_order(tmp_path, monkeypatch):
     monkeypatch.setenv("TINYVISION_DATA", str(places["TINYVISION_DATA"]))
     monkeypatch.setattr(sources, "SYSTEM_FOLDERS", {"fashion-mnist": [places["system folder"]]})
     for n, (found_by, folder) in enumerate(places.items(), start=1):
-        ds = load_unverified("fashion-mnist", places["data_dir argument"])
+        ds = load_unverified("fashion-mnist")
         assert (ds.source["found_by"], len(ds.train_images)) == (found_by, 10 * n)
         assert ds.source["location"] == str(folder)
         for file in folder.iterdir():  # gone: the next place down is used
@@ -400,7 +424,7 @@ def test_cifar_missing_explains(tmp_path):
     with pytest.raises(DataError) as err:
         load_dataset("cifar10", tmp_path, download=False)
     message = str(err.value)
-    assert "CIFAR-10 was not found" in message
+    assert "no CIFAR-10 in the data folder you named" in message
     assert "lacks data_batch_2, data_batch_3, data_batch_4, data_batch_5, test_batch" in message
     assert "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz" in message
 
@@ -480,7 +504,7 @@ def test_unreachable_server(tmp_path, monkeypatch):
     bad = sources.Download("http://127.0.0.1:9/x.gz", "x.gz", "md5:0")  # port 9: discard
     replace_info(monkeypatch, "fashion-mnist", downloads=(bad,))
     with pytest.raises(DataError) as err:
-        load_dataset("fashion-mnist", tmp_path, progress=False)
+        load_dataset("fashion-mnist", progress=False)
     assert "download: downloading http://127.0.0.1:9/x.gz" in str(err.value)
     assert str(tmp_path) in str(err.value) and "apt-get install" in str(err.value)
 

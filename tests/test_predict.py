@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import tinyvision.loop
 from tinyvision.cli import main
 from tinyvision.engine import train
 from tinyvision.errors import TinyVisionError
-from tinyvision.predict import load_run_model, predict_files, read_image
+from tinyvision.predict import MAX_PIXELS, load_run_model, predict_files, read_image
 
 SIZE = (28, 28)
 
@@ -216,12 +217,18 @@ def test_unreadable_file_exits_2_naming_it(
     good, bad = tmp_path / "good.png", tmp_path / "bad.png"
     grey_png(garments[0], good)
     make(bad, garments)
-    assert main(["predict", str(run), str(good), str(bad)]) == 2
+    assert main(["predict", str(run), str(good), str(bad), str(good)]) == 2
     captured = capsys.readouterr()
-    assert captured.out == ""  # nothing is printed for the good file either: all or nothing
+    # The good files are classified and printed; the bad one is reported after them.
+    printed = captured.out.strip().splitlines()
+    assert [line.split(": ")[0] for line in printed] == [str(good), str(good)]
     (line,) = captured.err.strip().splitlines()
     assert line.startswith(f"error: {bad}: {expected}")
-    reliability.record("predict", f"unreadable image: {case}", f"exit 2, '{line}'")
+    reliability.record(
+        "predict",
+        f"unreadable image among good ones: {case}",
+        f"the good files printed, then exit 2, '{line}'",
+    )
 
 
 def test_bad_run_and_options_are_refused(run, garments, tmp_path, reliability):
@@ -244,3 +251,41 @@ def test_bad_run_and_options_are_refused(run, garments, tmp_path, reliability):
         with pytest.raises(TinyVisionError, match=expected) as err:
             predict_files(folder, [image], **options)
         reliability.record("predict", case, f"exit 2, 'error: {err.value}'")
+
+
+def test_a_tiny_image_is_classified_with_a_warning(run, tmp_path, capsys, reliability):
+    path = tmp_path / "dot.png"
+    Image.new("L", (1, 1), 200).save(path)
+    assert main(["predict", str(run), str(path)]) == 0
+    first, warning = capsys.readouterr().out.strip().splitlines()
+    assert first.startswith(f"{path}: ")
+    assert warning.startswith("  warning: tiny image, 1x1 pixels (under 8 on a side)")
+    (prediction,) = predict_files(run, [path])
+    assert prediction.to_json()["notes"] and "tiny image" in prediction.notes[0]
+    reliability.record("predict", "a 1x1 image", f"classified, with '{warning.strip()}'")
+
+
+@pytest.mark.parametrize("side", [12000, 14000])
+def test_huge_images_meet_a_stated_limit_not_pillows_warning(
+    side, run, tmp_path, capsys, reliability
+):
+    path = tmp_path / f"huge-{side}.png"
+    Image.new("L", (side, side), 0).save(path, compress_level=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # Pillow's DecompressionBombWarning would fail here
+        rc = main(["predict", str(run), str(path)])
+    captured = capsys.readouterr()
+    if side * side <= MAX_PIXELS:
+        assert rc == 0
+        note = captured.out.strip().splitlines()[1].strip()
+        assert note.startswith(f"warning: large image, {side}x{side} (144 megapixels)")
+        outcome = f"classified, no Pillow warning; '{note}'"
+    else:
+        assert rc == 2
+        (line,) = captured.err.strip().splitlines()
+        assert line == (
+            f"error: {path}: too large to classify, {side}x{side} = 196 megapixels; the limit "
+            "is 150 megapixels (tinyvision.predict.MAX_PIXELS): shrink it first"
+        )
+        outcome = f"exit 2, '{line}'"
+    reliability.record("predict", f"a {side}x{side} PNG", outcome)

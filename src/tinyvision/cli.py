@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from tinyvision import __version__
 from tinyvision.errors import TinyVisionError, TrainingInterrupted
 
 if TYPE_CHECKING:
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"tinyvision {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser(
@@ -62,8 +65,19 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="section.key=value",
         help="override any config value, e.g. optim.lr=3e-3 model.depth=4",
     )
-    train.add_argument("--resume", metavar="RUN", help="continue the run in folder RUN")
-    train.add_argument("--epochs", type=int, help="= train.epochs")
+    train.add_argument(
+        "--resume",
+        metavar="RUN",
+        help="continue the run in folder RUN with its saved config (a finished run is left "
+        "as it is; one stopped before its first checkpoint starts again in its folder)",
+    )
+    train.add_argument(
+        "--epochs",
+        type=int,
+        help="= train.epochs. With --resume: extend the run to this many epochs in all (not "
+        "fewer than it has done); the learning-rate schedule is rebuilt for the new total, "
+        "the steps done kept",
+    )
     train.add_argument("--seed", type=int, help="= train.seed")
     train.add_argument("--device", help="= train.device: auto, cpu, cuda, cuda:N, mps")
     train.add_argument("--data-dir", help="= data.data_dir: look here for the data set first")
@@ -75,7 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--no-download", action="store_true", help="= data.download=false")
     train.add_argument("--out", help="= train.out_dir: where run folders are created")
 
-    commands.add_parser("models", help="list the registered model variants")
+    commands.add_parser(
+        "models",
+        help="list the registered model variants",
+        description="List every model variant a config's model.name can take: its name, its "
+        "family and what it is.",
+    )
 
     summary = commands.add_parser("summary", help="per-layer shapes, parameters and MACs")
     summary.add_argument("model", help="a model variant name or a TOML config file")
@@ -86,11 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="input shape to assume (default: the config's, else fashion-mnist)",
     )
 
-    data = commands.add_parser("data", help="find or download a data set and verify it")
+    data = commands.add_parser(
+        "data",
+        help="find or download a data set and verify it",
+        description="Find DATASET where training would (--data-dir if given, else "
+        "TINYVISION_DATA, the user cache, system folders, then a download), check it against "
+        "the official checksums and say where it came from.",
+    )
     data.add_argument("dataset", choices=["fashion-mnist", "cifar10"])
-    data.add_argument("--data-dir")
-    data.add_argument("--no-verify", action="store_true")
-    data.add_argument("--no-download", action="store_true")
+    data.add_argument("--data-dir", help="use the data set in this folder, or fail")
+    data.add_argument(
+        "--no-verify", action="store_true", help="trust local files that fail the checksum"
+    )
+    data.add_argument("--no-download", action="store_true", help="never download")
 
     report = commands.add_parser(
         "report",
@@ -124,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     compare = commands.add_parser(
         "compare",
         help="compare runs: settings that differ and results, as a table",
-        description="One row per run: name, model, the hyperparameters that differ between the "
-        "runs, epochs, final train/test accuracy, best validation accuracy, time.",
+        description="One row per run: name, then the results (final test accuracy, best "
+        "validation accuracy, final train accuracy, epochs, time), then the model and the "
+        "hyperparameters that differ between the runs. The table fits the terminal (COLUMNS): "
+        "columns that do not fit follow in further blocks.",
     )
     compare.add_argument(
         "runs", nargs="+", metavar="RUN", help="run folders, or folders holding run folders"
@@ -259,14 +288,24 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tinyvision.config import load_config, toml_value
     from tinyvision.engine import train
+    from tinyvision.resume import plural
 
     if args.resume:
-        if args.config or args.overrides:
+        others = {
+            "--seed": args.seed,
+            "--device": args.device,
+            "--data-dir": args.data_dir,
+            "--out": args.out,
+            "--no-verify": args.no_verify or None,
+            "--no-download": args.no_download or None,
+        }
+        given = [flag for flag, value in others.items() if value is not None]
+        if args.config or args.overrides or given:
             raise TinyVisionError(
-                "--resume continues a run with its saved config; "
-                "give no config file or overrides with it"
+                "--resume continues a run with its saved config; give no config file, "
+                f"overrides or {', '.join(given) or 'flags'} with it (only --epochs, to extend it)"
             )
-        report_when_asked(train(resume=args.resume))
+        report_when_asked(train(resume=args.resume, epochs=args.epochs))
         return 0
     overrides = list(args.overrides)
     config_path = args.config
@@ -285,8 +324,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("data.verify=false")
     if args.no_download:
         overrides.append("data.download=false")
-    report_when_asked(train(load_config(config_path, overrides)))
+    config = load_config(config_path, overrides)
+    why = defaults_note(config_path, overrides)
+    if why:  # say what is about to run for a while, and why
+        print(
+            f"{why}: training {config.model_name} on {config.data.dataset} for "
+            f"{plural(config.train.epochs, 'epoch')} (see configs/ for the recipes)"
+        )
+    report_when_asked(train(config))
     return 0
+
+
+def defaults_note(config_path: str | None, overrides: list[str]) -> str:
+    """Why the defaults are being trained, or "" when a config file sets something."""
+    from tinyvision.config import tomllib
+
+    with_overrides = " with your overrides" if overrides else ""
+    if config_path is None:
+        return f"no config file given, so the built-in defaults{with_overrides}"
+    if not tomllib.loads(Path(config_path).read_text()):  # valid: load_config read it
+        return f"{config_path} sets nothing, so the built-in defaults{with_overrides}"
+    return ""
 
 
 def report_when_asked(result: RunResult) -> None:
@@ -295,7 +353,14 @@ def report_when_asked(result: RunResult) -> None:
     from tinyvision.report import report_after_training
     from tinyvision.runs import RunFolder
 
-    if result.main and RunFolder.open(result.run_dir).load_config().train.report:
+    if not (result.main and result.trained):  # a finished run resumed: its report stands
+        return
+    if not RunFolder.open(result.run_dir).load_config().train.report:
+        return
+    with warnings.catch_warnings():
+        # The report reads the data set again, the copy training has just used and (with
+        # data.verify = false) just warned about: once in the log is enough.
+        warnings.filterwarnings("ignore", "(?s).*NOT checked against the official checksums")
         report_after_training(result.run_dir)
 
 
@@ -350,6 +415,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     print(f"test accuracy: {tta_acc:.2f}% (test-time augmentation: {args.tta})")
     for note in result["notes"]:
         print(f"note: {note}")
+    if result["save_error"] is not None:  # the results above stand; only the file is missing
+        print(f"error: the results were not saved: {result['save_error']}", file=sys.stderr)
+        return 2
     print(f"written: {result['path']}")
     return 0
 
@@ -389,11 +457,20 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from tinyvision.predict import format_predictions, predict_files
 
+    unreadable: list[str] = []
     predictions = predict_files(
-        args.run, args.images, top_k=args.top_k, invert=args.invert, fit=args.fit
+        args.run,
+        args.images,
+        top_k=args.top_k,
+        invert=args.invert,
+        fit=args.fit,
+        unreadable=unreadable,
     )
-    print(format_predictions(predictions, as_json=args.json))
-    return 0
+    if predictions:  # the good files first, then each bad one
+        print(format_predictions(predictions, as_json=args.json), flush=True)
+    for problem in unreadable:
+        print(f"error: {problem}", file=sys.stderr)
+    return 2 if unreadable else 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

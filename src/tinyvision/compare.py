@@ -5,15 +5,18 @@
     print(table.to_text())                      # aligned, for the terminal
     write_comparison_html(table, "compare.html")  # sortable table and overlaid curves
 
-One row per run: its name, model, the hyperparameters that *differ* between the runs (the
-settings they share would only repeat), epochs, final train/test accuracy, best validation
-accuracy and training time. ``tinyvision compare`` is the command line for it.
+One row per run: its name, then the results (final test accuracy, best validation accuracy,
+final train accuracy, epochs, training time), then its model and the hyperparameters that
+*differ* between the runs (the settings they share would only repeat). The text table fits
+the terminal: columns that do not fit go into further blocks below, each led by the run's
+name. ``tinyvision compare`` is the command line for it.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,8 +40,11 @@ BOOKKEEPING = {
     "model.name",  # shown as its own column
     "train.epochs",  # so is this: the epochs column (done/planned for an unfinished run)
 }
-# The result columns, after the hyperparameters; accuracies sort best-first by default.
-RESULT_COLUMNS = ["epochs", "train_acc", "test_acc", "best_val_acc", "time"]
+# The result columns, right after the run's name: what a reader compares first. Accuracies sort
+# best-first by default.
+RESULT_COLUMNS = ["test_acc", "best_val_acc", "train_acc", "epochs", "time"]
+# What "train acc" is (see loop.TRAIN_ACC_MEANING): said under the table.
+TRAIN_ACC_NOTE = "train acc: running mean over the last epoch's augmented training batches"
 HIGHER_IS_BETTER = {"train_acc", "test_acc", "best_val_acc"}
 MISSING = "—"
 
@@ -131,7 +137,7 @@ def _sort_key(value: Any) -> tuple:
 @dataclass
 class ComparisonTable:
     runs: list[RunRecord]  # in display order
-    columns: list[str]  # "run", "model", hyperparameter keys, then RESULT_COLUMNS
+    columns: list[str]  # "run", RESULT_COLUMNS, "model", then the hyperparameter keys
     shared: dict[str, Any] = field(default_factory=dict)  # the settings all runs have in common
     sort: str = "test_acc"
     descending: bool = True
@@ -145,7 +151,7 @@ class ComparisonTable:
         if not runs:
             raise TinyVisionError("no runs to compare")
         keys = differing_keys(runs)
-        columns = ["run", "model", *keys, *RESULT_COLUMNS]
+        columns = ["run", *RESULT_COLUMNS, "model", *keys]
         if sort not in columns and not any(sort in run.config for run in runs):
             raise TinyVisionError(
                 f"cannot sort by {sort!r}: use one of {', '.join(columns)} or any config key "
@@ -193,8 +199,14 @@ class ComparisonTable:
             "best_val_acc": "best val acc",
         }.get(column, column)
 
-    def to_text(self) -> str:
-        """An aligned table for the terminal; numbers right-aligned, the sort column marked."""
+    def to_text(self, width: int | None = None) -> str:
+        """An aligned table for the terminal; numbers right-aligned, the sort column marked.
+
+        ``width`` (default: the terminal's, ``COLUMNS`` if set) bounds the lines: columns that
+        do not fit go into further blocks below, each starting with the run's name again.
+        """
+        if width is None:
+            width = shutil.get_terminal_size((100, 24)).columns
         headers = [
             self.header(c) + ((" ↓" if self.descending else " ↑") if c == self.sort else "")
             for c in self.columns
@@ -211,17 +223,38 @@ class ComparisonTable:
             for c in self.columns
         ]
 
-        def line(cells: list[str]) -> str:
+        def line(cells: list[str], block: list[int]) -> str:
             return "  ".join(
-                cell.rjust(w) if num else cell.ljust(w)
-                for cell, w, num in zip(cells, widths, numeric, strict=True)
+                cells[i].rjust(widths[i]) if numeric[i] else cells[i].ljust(widths[i])
+                for i in block
             ).rstrip()
 
-        out = [line(headers), line(["-" * w for w in widths]), *map(line, rows)]
+        out: list[str] = []
+        for block in _blocks(widths, width):
+            if out:
+                out.append("")
+            out += [line(headers, block), line(["-" * w for w in widths], block)]
+            out += [line(row, block) for row in rows]
+        out += ["", TRAIN_ACC_NOTE]
         if self.shared:
             shared = "shared by all runs: " + ", ".join(_shared_items(self.shared))
-            out += ["", textwrap.fill(shared, width=100, subsequent_indent="  ")]
+            out += ["", textwrap.fill(shared, width=min(width, 100), subsequent_indent="  ")]
         return "\n".join(out)
+
+
+def _blocks(widths: list[int], width: int) -> list[list[int]]:
+    """Column indices in blocks that fit in ``width`` characters, column 0 (the run) in each;
+    a column wider than the space left gets a block of its own."""
+    blocks: list[list[int]] = []
+    current, used = [0], widths[0]
+    for i in range(1, len(widths)):
+        if used + 2 + widths[i] > width and len(current) > 1:
+            blocks.append(current)
+            current, used = [0], widths[0]
+        current.append(i)
+        used += 2 + widths[i]
+    blocks.append(current)
+    return blocks
 
 
 def _is_number(value: Any) -> bool:
@@ -325,7 +358,9 @@ th[aria-sort=ascending]::after { content:" ▲"; color:var(--accent); }
 <body><main>
 <header>
   <h1>{{ table.runs | length }} runs compared</h1>
-  <p class="muted">Columns: the hyperparameters that differ between the runs, then the results.
+  <p class="muted">Columns: the results, then the model and the hyperparameters that differ
+  between the runs. Train accuracy is the running mean over the last epoch's augmented training
+  batches.
   Click a column header to sort. Sorted by {{ table.header(table.sort) }}
   ({{ 'best first' if table.descending and table.sort in better else
       ('descending' if table.descending else 'ascending') }}).</p>

@@ -155,10 +155,21 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
+        if path.is_dir():
+            raise ConfigError(f"config file {str(path)!r} is a folder, not a file")
         if not path.is_file():
             raise ConfigError(f"config file {str(path)!r} does not exist")
         try:
-            raw = tomllib.loads(path.read_text())
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError:  # a photo or other binary file given by mistake
+            raise ConfigError(
+                f"{path} is not a text file (it is not UTF-8): a config is a TOML text file, "
+                "see configs/"
+            ) from None
+        except OSError as err:
+            raise ConfigError(f"config file {path} cannot be read: {err.strerror}") from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"{path} is not valid TOML: {err}") from None
     for override in overrides:

@@ -31,10 +31,12 @@ from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset_for, split_validation
 from tinyvision.device import configure_torch, resolve_device
 from tinyvision.distributed import World
-from tinyvision.errors import TinyVisionError
-from tinyvision.loop import Loop, evaluate
+from tinyvision.errors import TinyVisionError, WriteError
+from tinyvision.lock import holding_locks, lock_run
+from tinyvision.loop import TRAIN_ACC_MEANING, Loop, evaluate
 from tinyvision.models import create_model
 from tinyvision.optim import build_optimizer, build_scheduler
+from tinyvision.resume import plural, prepare_resume, write_failure
 from tinyvision.runs import RunFolder, environment
 from tinyvision.state import TrainingState
 
@@ -47,6 +49,8 @@ class RunResult:
     summary: dict[str, Any]
     # False in the other processes under torchrun: process 0 alone writes the run folder.
     main: bool = True
+    # False when there was nothing to train (a finished run resumed): the folder is unchanged.
+    trained: bool = True
 
 
 # --- set-up -------------------------------------------------------------------------------
@@ -174,25 +178,41 @@ def train(
     config: Config | None = None,
     *,
     resume: str | Path | None = None,
+    epochs: int | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
 ) -> RunResult:
     """Train ``config``, or resume the run in folder ``resume`` with its saved config.
 
+    With ``resume``, ``epochs`` extends (or shortens) the run to that many epochs: see
+    ``resume.py`` for what the schedule does then, and for finished, damaged and
+    never-checkpointed runs. The run folder is locked for the whole training (``lock.py``).
     ``on_epoch(row)`` is called with each epoch's metrics once they are saved; an exception it
     raises (a sweep pruning a trial, say) stops training with the run folder consistent.
     """
     if resume is None and config is None:
         raise ValueError("train() needs a config or a run folder to resume")
+    if epochs is not None and resume is None:
+        raise ValueError("train(epochs=...) extends a resumed run; set train.epochs otherwise")
     run: RunFolder | None = None
     if resume is not None:
         run = RunFolder.open(resume)
         config = run.load_config()
-        if not run.last_checkpoint.exists():
-            raise TinyVisionError(f"{run.path} has no checkpoint to resume from")
-        run.remove_temporaries()  # left by a process killed mid-write; before any process writes
     world, device_name = distributed.init(config.train.device)  # torchrun: one process per device
     try:
-        return _train(config, run, world, resolve_device(device_name), on_epoch)
+        with holding_locks():  # released however training ends
+            if run is not None:
+                if world.is_main:
+                    lock_run(run.path)  # before anything in the folder is touched
+                    run.remove_temporaries()  # left by a process killed mid-write
+                plan = prepare_resume(run, config, epochs, main=world.is_main)
+                distributed.gather(None, world)  # the others wait for process 0's repairs
+                if plan.finished:
+                    summary = run.read_json("summary.json")
+                    return RunResult(run.path, summary, world.is_main, trained=False)
+                config = plan.config
+            return _train(config, run, world, resolve_device(device_name), on_epoch)
+    except WriteError as err:  # disk full, folder read-only: say what is safe on disk
+        raise write_failure(err) from None
     finally:
         distributed.shutdown(world)
 
@@ -230,7 +250,7 @@ def _train(
     # Where the run starts: fresh, or from the last checkpoint of an existing run folder.
     if run is None:
         run = RunFolder.create(config) if main else None
-    else:
+    elif run.last_checkpoint.exists():  # (none: stopped before it, started again in its folder)
         state.restore(run.last_checkpoint)
         if main:
             p = state.progress
@@ -242,11 +262,12 @@ def _train(
         write_environment(writer, device, dataset, num_params, world)
         print(
             f"training {config.model_name} ({num_params:,} parameters) on {config.data.dataset} "
-            f"[{dataset.source.get('integrity', '')}] for {config.train.epochs} epochs on "
-            f"{device}"
+            f"[{dataset.source.get('integrity', '')}] for {plural(config.train.epochs, 'epoch')} "
+            f"on {device}"
             + (f" x {world.size} processes" if world.distributed else "")
             + f"; run folder: {run_path}"
         )
+        print(data_source_line(dataset.source), flush=True)
     loop = Loop(state, step_model, train_loader, eval_loaders, writer, run_path, on_epoch)
     loop.run()
     eval_model = ema.module if ema is not None else model  # evaluated and saved at the end
@@ -283,6 +304,14 @@ def write_environment(
     run.write_json("environment.json", env)
 
 
+def data_source_line(source: dict[str, str]) -> str:
+    """Where the data came from, printed at the start of every training."""
+    return (
+        f"data: {source.get('location', '?')} (found by: {source.get('found_by', '?')}; "
+        f"{source.get('integrity', '')})"
+    )
+
+
 def finish_run(
     run: RunFolder, config: Config, model: nn.Module, dataset: ImageDataset, num_params: int
 ) -> dict[str, Any]:
@@ -311,6 +340,7 @@ def finish_run(
         "final_test_acc": last["test_acc"],
         "final_test_loss": last["test_loss"],
         "final_train_acc": last["train_acc"],
+        "final_train_acc_is": TRAIN_ACC_MEANING,
         "final_val_acc": last.get("val_acc"),
         "best_val_acc": max((m["val_acc"] for m in metrics if "val_acc" in m), default=None),
         "train_seconds": last["elapsed_seconds"],
@@ -319,8 +349,8 @@ def finish_run(
     }
     run.write_json("summary.json", summary)
     print(
-        f"final test accuracy: {summary['final_test_acc']:.2%} "
-        f"(train {summary['final_train_acc']:.2%}) after {summary['epochs']} epochs, "
-        f"{summary['train_seconds']:.0f}s\nrun folder: {run.path}"
+        f"final test accuracy: {summary['final_test_acc']:.2%} after "
+        f"{plural(summary['epochs'], 'epoch')}, {summary['train_seconds']:.0f}s (train accuracy "
+        f"{summary['final_train_acc']:.2%}: {TRAIN_ACC_MEANING})\nrun folder: {run.path}"
     )
     return summary

@@ -7,7 +7,9 @@ The CLI prints these without a traceback; anything else is a bug and keeps its t
 
 from __future__ import annotations
 
+import os
 from difflib import get_close_matches
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -32,6 +34,25 @@ class TrainingError(TinyVisionError):
 
 class TrainingInterrupted(TinyVisionError):
     """Ctrl-C during training: the state was saved and the run can be resumed."""
+
+
+class WriteError(TinyVisionError):
+    """A file could not be written (disk full, read-only folder, no permission).
+
+    ``path`` is the file that was being written; ``errno`` the operating system's error number
+    (``errno.ENOSPC`` for a full disk). Files are written atomically, so the failed write left
+    the previous version of ``path``, if any, untouched.
+    """
+
+    def __init__(self, path: str | os.PathLike, err: OSError) -> None:
+        self.path = Path(path)
+        self.errno = err.errno
+        self.strerror = err.strerror or str(err)
+        super().__init__(f"cannot write {self.path}: {self.strerror}")
+
+
+class RunInUse(TinyVisionError):
+    """Another process holds the run folder's lock: it is training in that folder now."""
 
 
 def format_validation_error(

@@ -25,7 +25,7 @@ from torch import nn
 from tinyvision.config import Config
 from tinyvision.data import DeviceLoader, ImageDataset, load_dataset_for
 from tinyvision.device import autocast_for, resolve_device
-from tinyvision.errors import TinyVisionError
+from tinyvision.errors import TinyVisionError, WriteError
 from tinyvision.models import create_model
 from tinyvision.runs import RunFolder
 
@@ -231,10 +231,15 @@ def evaluate_run(
             "evaluated_on": evaluation.device,
         }
     )
-    run.write_json("evaluation.json", record)
+    save_error = None
+    try:
+        run.write_json("evaluation.json", record)
+    except WriteError as err:  # a read-only run folder: the accuracies are still returned
+        path, save_error = None, err
     return {
         "test_acc": accuracy["none"],
         "test_acc_tta": accuracy[tta],
         "notes": notes,
         "path": path,
+        "save_error": save_error,
     }

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -38,6 +39,11 @@ from tinyvision.state import Progress, TrainingState
 
 SINGLE_PROCESS = World()
 LOG_EVERY = 20  # steps between points of the loss curve (and progress-bar refreshes)
+# Off a terminal there are no progress bars: a line this often within an epoch instead (an
+# epoch can take minutes on a CPU, and a log that says nothing looks like a hang).
+PROGRESS_SECONDS = 30.0
+# What the epoch's "train accuracy" is: counted on the fly, not an evaluation of the model.
+TRAIN_ACC_MEANING = "running mean over the last epoch's augmented training batches"
 
 
 class Loop:
@@ -97,6 +103,11 @@ class Loop:
             desc=f"epoch {epoch + 1}/{config.train.epochs}",
             unit="step",
         )
+        lines = ProgressLines(
+            self.world.is_main and config.train.progress == "auto" and not sys.stderr.isatty(),
+            f"epoch {epoch + 1}/{config.train.epochs}",
+            steps_per_epoch,
+        )
         # The epoch's batch order is drawn from the loader's generator state at its start;
         # a resumed epoch draws the same and starts at the step it had reached.
         for step_in_epoch, (images, targets) in enumerate(self.train_loader.epoch(skip), skip):
@@ -110,7 +121,8 @@ class Loop:
                 check_finite(loss, p, epoch, config, self.world)
                 stopping = distributed.any_process(stop.requested, self.world, self.device)
             if p.global_step % LOG_EVERY == 0:
-                self.log_loss(totals, epoch, bar)
+                self.log_loss(totals, epoch, bar, lines)
+            lines.step(step_in_epoch + 1)
             every = config.train.checkpoint_every_steps
             if (every and p.global_step % every == 0) or stopping:
                 p.partial = totals.state()
@@ -124,7 +136,7 @@ class Loop:
                 )
         bar.close()
         if totals.window_steps:  # the epoch's last steps since a point: their own point
-            self.log_loss(totals, epoch, bar)
+            self.log_loss(totals, epoch, bar, lines)
         return totals
 
     def step(
@@ -153,13 +165,14 @@ class Loop:
                 plain_ce = F.cross_entropy(logits.detach().float(), targets)
         return loss, plain_ce, logits
 
-    def log_loss(self, totals: EpochTotals, epoch: int, bar: tqdm) -> None:
+    def log_loss(self, totals: EpochTotals, epoch: int, bar: tqdm, lines: ProgressLines) -> None:
         """A point of the loss curve: the mean loss of exactly the steps since the last one."""
         p = self.progress
         mean_loss = totals.take_window()
         epoch_float = epoch + p.step_in_epoch / len(self.train_loader)
         p.steps.append((p.global_step, epoch_float, mean_loss))
         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
+        lines.loss = mean_loss
 
     def end_epoch(self, epoch: int, totals: EpochTotals, epoch_started: float) -> None:
         """Metrics, evaluation, the checkpoint, the metrics files and the curves."""
@@ -217,6 +230,33 @@ class Loop:
                 if saved is not None
                 else ""
             )
+        )
+
+
+class ProgressLines:
+    """A line every ``PROGRESS_SECONDS`` within an epoch, for logs where the bar is off.
+
+    The loss shown is the last loss-curve point already read (``Loop.log_loss``): printing
+    adds no host synchronisation.
+    """
+
+    def __init__(self, enabled: bool, label: str, total: int) -> None:
+        self.enabled, self.label, self.total = enabled, label, total
+        self.loss: float | None = None
+        self.started = self.last = time.perf_counter()
+
+    def step(self, done: int) -> None:
+        if not self.enabled or done == self.total:  # the epoch's own line follows at its end
+            return
+        now = time.perf_counter()
+        if now - self.last < PROGRESS_SECONDS:
+            return
+        self.last = now
+        loss = f", loss {self.loss:.4f}" if self.loss is not None else ""
+        print(
+            f"  {self.label}: step {done}/{self.total} ({done / self.total:.0%}){loss}, "
+            f"{now - self.started:.0f}s",
+            flush=True,
         )
 
 

@@ -19,6 +19,15 @@ model's input in the steps below, the same ones the training data went through a
    the model's size whatever the proportions. Resizing is bilinear, antialiased when shrinking
    (Pillow widens the filter by the scale factor);
 7. pixels to [0, 1], then ``(x - mean) / std`` with the training set's per-channel statistics.
+
+Limits: an image above ``MAX_PIXELS`` (150 megapixels, e.g. 12,247 x 12,247) is refused as too
+large before it is decoded (Pillow's own "decompression bomb" guard is replaced by this stated
+limit); one above ``LARGE_PIXELS`` is read with a note that it is decoded in full. An image
+smaller than ``MIN_SIDE`` pixels on a side is classified with a warning: blown up to the
+model's size it holds almost nothing to recognise.
+
+The command classifies every readable file and reports each unreadable one (exit status 2
+when there was any), so one bad file among many loses nothing.
 """
 
 from __future__ import annotations
@@ -36,12 +45,17 @@ from tinyvision.errors import TinyVisionError
 
 Fit = Literal["pad", "crop", "stretch"]
 BATCH = 256  # images per forward pass: bounds memory for long file lists
+# Decoding is the cost: 150 megapixels is ~450 MB as RGB, still fine on a laptop.
+MAX_PIXELS = 150_000_000
+LARGE_PIXELS = 50_000_000  # above this, say that the whole image is decoded (seconds)
+MIN_SIDE = 8  # below this many pixels on a side the model sees little but interpolation
 
 
 @dataclass(frozen=True)
 class Prediction:
     file: str
     top: list[tuple[str, float]]  # (class, probability), most probable first
+    notes: tuple[str, ...] = ()  # warnings about the file (tiny, very large)
 
     def to_json(self) -> dict:
         return {
@@ -49,6 +63,7 @@ class Prediction:
             "class": self.top[0][0],
             "probability": self.top[0][1],
             "top": [{"class": name, "probability": p} for name, p in self.top],
+            "notes": list(self.notes),
         }
 
 
@@ -76,23 +91,52 @@ def read_image(
     *,
     invert: bool = False,
     fit: Fit = "pad",
+    notes: list[str] | None = None,
 ) -> torch.Tensor:
-    """The image file ``path`` as uint8 [in_chans, H, W], converted as the module docstring says."""
+    """The image file ``path`` as uint8 [in_chans, H, W], converted as the module docstring says.
+
+    Warnings about the image (tiny, very large) are appended to ``notes`` when it is given.
+    """
     path = Path(path)
+    notes = notes if notes is not None else []
     if not path.is_file():
         raise TinyVisionError(
             f"{path}: no such file" if not path.exists() else f"{path}: not a file"
         )
+    bomb_limit = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # our stated limit below replaces Pillow's warning and error
     try:
         with Image.open(path) as opened:
+            width, height = opened.size  # from the header: nothing decoded yet
+            if width * height > MAX_PIXELS:
+                raise TooLarge(
+                    f"{path}: too large to classify, {width}x{height} = "
+                    f"{width * height / 1e6:.0f} megapixels; the limit is {MAX_PIXELS / 1e6:.0f} "
+                    "megapixels (tinyvision.predict.MAX_PIXELS): shrink it first"
+                )
             opened.seek(0)  # animations and multi-page files: the first frame
             image = ImageOps.exif_transpose(opened)  # also forces the full decode
             image.load()
+    except TooLarge as err:
+        raise TinyVisionError(str(err)) from None
     except Exception as err:  # Pillow's decoders raise OSError, SyntaxError, ValueError, ...
         raise TinyVisionError(
             f"{path}: not an image Pillow can read ({type(err).__name__}: {err}); "
             "give PNG, JPEG, BMP, GIF, TIFF or WebP files"
         ) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = bomb_limit
+    if width * height > LARGE_PIXELS:
+        notes.append(
+            f"large image, {width}x{height} ({width * height / 1e6:.0f} megapixels): decoded in "
+            f"full and shrunk to {image_size[1]}x{image_size[0]}"
+        )
+    if min(width, height) < MIN_SIDE:
+        notes.append(
+            f"tiny image, {width}x{height} pixels (under {MIN_SIDE} on a side): blown up to the "
+            f"model's {image_size[1]}x{image_size[0]}, it holds almost nothing to recognise; "
+            "the prediction means little"
+        )
     try:
         image = _convert(image, in_chans, image_size, invert=invert, fit=fit)
     except (OSError, ValueError) as err:  # a mode Pillow cannot convert, e.g. LAB or HSV
@@ -107,12 +151,20 @@ def read_image(
     return torch.from_numpy(array.copy())
 
 
+class TooLarge(Exception):
+    """Raised inside ``read_image`` (and turned into a TinyVisionError there)."""
+
+
 def _convert(
     image: Image.Image, in_chans: int, image_size: tuple[int, int], *, invert: bool, fit: Fit
 ) -> Image.Image:
     """Steps 2-6 of the module docstring: the image as the model's mode and size."""
     image = _to_8bit(image)
     has_alpha = image.mode in ("RGBA", "LA", "PA") or "transparency" in image.info
+    if image.mode == "L" and in_chans == 1 and not has_alpha and not invert:
+        # Grey already: the round trip through RGB gives the same pixels (the luma weights sum
+        # to one) and would cost a huge image three times its memory.
+        return _fit(image, image_size, fit)
     image = image.convert("RGBA" if has_alpha else "RGB")
     if invert:  # colour values only: transparency stays where it was
         *colour, alpha = image.split() if has_alpha else (*image.split(), None)
@@ -168,17 +220,35 @@ def predict_files(
     top_k: int = 1,
     invert: bool = False,
     fit: Fit = "pad",
+    unreadable: list[str] | None = None,
 ) -> list[Prediction]:
-    """Classify ``files`` with the run's model. Every file is read before any is classified, so
-    one unreadable file stops the command before it prints anything."""
+    """Classify ``files`` with the run's model.
+
+    An unreadable file raises ``TinyVisionError`` before anything is classified, unless
+    ``unreadable`` is a list: then its message is appended there and the other files are
+    classified (what the command does).
+    """
     if top_k < 1:
         raise TinyVisionError(f"--top-k must be at least 1 (got {top_k})")
     model, saved = load_run_model(run_dir)
     classes = list(saved["classes"])
     in_chans, image_size = saved["in_chans"], tuple(saved["image_size"])
-    images = torch.stack(
-        [read_image(f, in_chans, image_size, invert=invert, fit=fit) for f in files]
-    )
+    read, notes = [], []
+    for f in files:
+        file_notes: list[str] = []
+        try:
+            image = read_image(f, in_chans, image_size, invert=invert, fit=fit, notes=file_notes)
+        except TinyVisionError as err:
+            if unreadable is None:
+                raise
+            unreadable.append(str(err))
+            continue
+        read.append((f, image))
+        notes.append(tuple(file_notes))
+    if not read:
+        return []
+    files = [f for f, _ in read]
+    images = torch.stack([image for _, image in read])
     mean = torch.tensor(saved["mean"], dtype=torch.float32).view(1, -1, 1, 1)
     std = torch.tensor(saved["std"], dtype=torch.float32).view(1, -1, 1, 1)
     probabilities = []
@@ -189,8 +259,8 @@ def predict_files(
     k = min(top_k, len(classes))
     values, indices = probs.topk(k, dim=1)
     return [
-        Prediction(str(f), [(classes[i], float(p)) for p, i in zip(v, ix.tolist(), strict=True)])
-        for f, v, ix in zip(files, values.tolist(), indices, strict=True)
+        Prediction(str(f), [(classes[i], float(p)) for p, i in zip(v, ix.tolist(), strict=True)], n)
+        for f, v, ix, n in zip(files, values.tolist(), indices, notes, strict=True)
     ]
 
 
@@ -202,8 +272,9 @@ def format_predictions(predictions: list[Prediction], *, as_json: bool = False) 
         if len(prediction.top) == 1:
             name, p = prediction.top[0]
             lines.append(f"{prediction.file}: {name} ({p:.1%})")
-            continue
-        lines.append(f"{prediction.file}:")
-        width = max(len(name) for name, _ in prediction.top)
-        lines += [f"  {name:<{width}}  {p:6.1%}" for name, p in prediction.top]
+        else:
+            lines.append(f"{prediction.file}:")
+            width = max(len(name) for name, _ in prediction.top)
+            lines += [f"  {name:<{width}}  {p:6.1%}" for name, p in prediction.top]
+        lines += [f"  warning: {note}" for note in prediction.notes]
     return "\n".join(lines)

@@ -32,6 +32,7 @@ import tinyvision
 from tinyvision.config import Config, load_config, toml_value, tomllib
 from tinyvision.data import ImageDataset, load_dataset_for
 from tinyvision.evaluate import SplitEvaluation, evaluate_saved_model, load_saved_model
+from tinyvision.loop import TRAIN_ACC_MEANING
 from tinyvision.models import get_variant
 from tinyvision.pages import CSS, REPORT_HTML, data_uri
 from tinyvision.plots import plot_confusion, plot_curves, plot_misclassified
@@ -224,7 +225,12 @@ def _headline(
     test_acc = summary.get("final_test_acc", last.get("test_acc"))
     headline = [
         ("final test accuracy", _pct(test_acc), "final-test-acc"),
-        ("final train accuracy", _pct(summary.get("final_train_acc", last.get("train_acc"))), ""),
+        # Not an evaluation: counted while training, on augmented batches (loop.py).
+        (
+            f"final train accuracy ({TRAIN_ACC_MEANING})",
+            _pct(summary.get("final_train_acc", last.get("train_acc"))),
+            "",
+        ),
     ]
     best_val = summary.get("best_val_acc")
     if best_val is not None:

@@ -10,6 +10,7 @@
         checkpoints/         last.pt and best.pt (full training state, for --resume)
         model.pt             the final weights with what is needed to rebuild the model
         summary.json         final accuracies, parameters, wall time
+        train.lock           the lock a training holds on the folder (see lock.py)
 
 Files are written atomically (temporary file, flush, fsync, rename): a crash leaves either the
 old file or the new one, never half of one.
@@ -33,7 +34,8 @@ from typing import Any
 import torch
 
 from tinyvision.config import Config, load_config
-from tinyvision.errors import TinyVisionError
+from tinyvision.errors import TinyVisionError, WriteError
+from tinyvision.lock import lock_if_training
 
 METRIC_COLUMNS = [
     "epoch",
@@ -56,9 +58,16 @@ os.umask(_UMASK)
 
 
 def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None:
-    """Write ``path`` through ``write(file)`` into a temporary file, then rename it in place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    """Write ``path`` through ``write(file)`` into a temporary file, then rename it in place.
+
+    A failure of the file system (disk full, read-only folder) raises ``WriteError`` naming
+    ``path``, with the previous version of ``path`` untouched and no temporary file left.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise WriteError(path, err) from None
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; keep the user's usual mode
         with os.fdopen(fd, "wb") as file:
@@ -66,9 +75,23 @@ def atomic_write(path: Path, write: Callable[[io.BufferedWriter], None]) -> None
             file.flush()
             os.fsync(file.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         Path(tmp).unlink(missing_ok=True)
+        cause = os_error_in(err)
+        if cause is not None:
+            raise WriteError(path, cause) from None
         raise
+
+
+def os_error_in(err: BaseException) -> OSError | None:
+    """The OSError behind ``err``: torch.save wraps a failed write in a RuntimeError ("enforce
+    fail at inline_container.cc") whose chain holds the real cause."""
+    seen = 0
+    while err is not None and seen < 10:
+        if isinstance(err, OSError):
+            return err
+        err, seen = err.__cause__ or err.__context__, seen + 1
+    return None
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -85,14 +108,18 @@ class RunFolder:
         name = config.train.name or f"{config.data.dataset}-{config.model_name}"
         stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
         root = config.train.out_dir
-        root.mkdir(parents=True, exist_ok=True)
         for attempt in range(1000):
             path = root / (f"{name}-{stamp}" + (f"-{attempt}" if attempt else ""))
             try:
+                root.mkdir(parents=True, exist_ok=True)
                 path.mkdir()  # fails if it exists: a run never overwrites another
                 break
             except FileExistsError:
                 continue
+            except OSError as err:
+                raise WriteError(path, err) from None
+        # Locked before config.toml exists: no --resume can take the folder from under us.
+        lock_if_training(path)
         run = cls(path)
         atomic_write_text(run.config_path, config.to_toml())
         return run

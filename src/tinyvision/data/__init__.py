@@ -90,7 +90,14 @@ def load_dataset(
     issued and ``source["integrity"]`` says so. Downloads are always verified.
     """
     info = sources.dataset_info(name)
-    located, tried = sources.locate(info, sources.search_places(name, data_dir))
+    places = sources.search_places(name, data_dir)
+    if data_dir:
+        # A folder the user named is used or refused, never skipped for another copy: a typo
+        # in --data-dir must not quietly train on whatever the cache or the system holds.
+        places = [place for place in places if place.found_by == "data_dir argument"]
+    located, tried = sources.locate(info, places)
+    if located is None and data_dir:
+        raise sources.data_dir_error(info, data_dir, tried)
     if located is None:
         if not download:
             raise sources.not_found_error(

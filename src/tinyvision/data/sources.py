@@ -2,7 +2,8 @@
 
 ``load_dataset`` looks for a data set in this order and uses the first complete copy:
 
-1. the ``data_dir`` argument (CLI ``--data-dir``, config ``data.data_dir``),
+1. the ``data_dir`` argument (CLI ``--data-dir``, config ``data.data_dir``): when given, it is
+   the only place searched (a folder the user named is used or refused, never skipped),
 2. the folder in the environment variable ``TINYVISION_DATA``,
 3. the user cache, ``pooch.os_cache("tinyvision")`` or ``$TINYVISION_CACHE``,
 4. system folders (Debian's ``dataset-fashion-mnist`` installs ``/usr/share/datasets/...``),
@@ -263,6 +264,17 @@ def not_found_error(info: DatasetInfo, tried: list[str], download_note: str) -> 
     return DataError(
         f"{info.title} was not found. Places tried, in order:\n{lines}\n"
         f"To get it:\n{info.how_to_get}"
+    )
+
+
+def data_dir_error(info: DatasetInfo, data_dir: str | Path, tried: list[str]) -> DataError:
+    """The folder the user named holds no complete copy: refuse, naming what is wrong there."""
+    lines = "\n".join(f"  - {line}" for line in tried)
+    return DataError(
+        f"no {info.title} in the data folder you named, {data_dir} (--data-dir, config "
+        f"data.data_dir); nowhere else was searched and nothing was downloaded:\n{lines}\n"
+        "Fix the path, or leave --data-dir out to use the usual places (TINYVISION_DATA, the "
+        f"user cache, system folders, a download). To get it:\n{info.how_to_get}"
     )
 
 
