@@ -10,6 +10,9 @@ tinyvision compare RUN... | FOLDER [--html OUT]    a table of runs, their settin
 tinyvision sweep CONFIG --space SPACE --trials N    hyperparameter search (Optuna)
 tinyvision predict RUN IMAGE...                     classify image files with a run's model
 tinyvision export RUN [--out FILE.onnx]             write the run's model as ONNX
+
+Every command takes ``--import MODULE`` (or reads ``$TINYVISION_PLUGINS``): modules that
+register users' own models with ``tinyvision.register_model`` before the command runs.
 """
 
 from __future__ import annotations
@@ -70,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-download", action="store_true", help="= data.download=false")
     train.add_argument("--out", help="= train.out_dir: where run folders are created")
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="= train.tensorboard=true: also write TensorBoard event files into the run folder "
+        "(pip install 'tinyvision[tensorboard]')",
+    )
 
     commands.add_parser("models", help="list the registered model variants")
 
@@ -224,7 +233,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not compare onnxruntime with PyTorch after writing",
     )
+    add_import_option(parser, commands)
     return parser
+
+
+def add_import_option(
+    parser: argparse.ArgumentParser, commands: argparse._SubParsersAction
+) -> None:
+    """``--import MODULE`` on every command (before or after its name): modules or .py files
+    that register users' own models (``tinyvision.register_model``) before the command runs."""
+    help_text = (
+        "import this module (or .py file) first, to register your own models; repeatable; "
+        "also $TINYVISION_PLUGINS (comma-separated)"
+    )
+    parser.add_argument(
+        "--import", dest="imports_first", action="append", metavar="MODULE", help=help_text
+    )
+    for command in commands.choices.values():
+        command.add_argument(
+            "--import", dest="imports", action="append", metavar="MODULE", help=help_text
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -237,6 +265,11 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     try:
+        imports = [*(args.imports_first or []), *(getattr(args, "imports", None) or [])]
+        if imports:
+            from tinyvision.models import import_plugins
+
+            import_plugins(imports)
         return COMMANDS[args.command](args)
     except TinyVisionError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -281,6 +314,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("data.verify=false")
     if args.no_download:
         overrides.append("data.download=false")
+    if args.tensorboard:
+        overrides.append("train.tensorboard=true")
     train(load_config(config_path, overrides))
     return 0
 

@@ -34,6 +34,7 @@ BOOKKEEPING = {
     "train.progress",
     "train.threads",
     "train.checkpoint_every_steps",
+    "train.tensorboard",
     "model.name",  # shown as its own column
     "train.epochs",  # so is this: the epochs column (done/planned for an unfinished run)
 }

@@ -106,6 +106,8 @@ class TrainConfig(Section):
     name: str = Field("", max_length=100)  # run folder prefix; defaults to "<dataset>-<model>"
     progress: Literal["auto", "on", "off"] = "auto"  # auto = bars only on a terminal
     report: bool = True  # write report.html / report.md at the end (sweep trials skip it)
+    # Also write TensorBoard event files into the run folder (needs the tensorboard extra).
+    tensorboard: bool = False
 
     @pydantic.field_validator("name")
     @classmethod

@@ -33,6 +33,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from tinyvision import distributed
+from tinyvision import tensorboard as tb_log
 from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset, split_validation
 from tinyvision.distributed import World
@@ -266,6 +267,9 @@ def _train(
             stacklevel=2,
         )
 
+    if config.train.tensorboard:
+        tb_log.require()  # a missing optional extra: one line, before anything is read
+
     # Data and model come first: bad input fails here, before a run folder exists.
     dataset = load_dataset(
         config.data.dataset,
@@ -356,6 +360,12 @@ def _train(
             first["resumed"] = [*first.get("resumed", []), env]
             env = first
         run.write_json("environment.json", env)
+    # TensorBoard event files beside the metrics (process 0 only, like every file).
+    tb = (
+        tb_log.TensorBoardLog(run.path, resumed_at=state["global_step"])
+        if main and config.train.tensorboard
+        else None
+    )
 
     def save_checkpoint(*, best: bool = False) -> None:
         """last.pt (and best.pt). Collective under torchrun: every process hands over its
@@ -446,6 +456,8 @@ def _train(
                     mean_loss = totals.take_window() / LOG_EVERY
                     epoch_float = epoch + (step_in_epoch + 1) / steps_per_epoch
                     state["steps"].append((state["global_step"], epoch_float, mean_loss))
+                    if tb is not None:
+                        tb.log_step(state["global_step"], mean_loss, scheduler.get_last_lr()[0])
                     bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
                 every = config.train.checkpoint_every_steps
                 if (every and state["global_step"] % every == 0) or stopping:
@@ -497,6 +509,8 @@ def _train(
                 from tinyvision.report import plot_curves  # report reads runs: import late
 
                 plot_curves(run)
+                if tb is not None:
+                    tb.log_epoch(row)
             if on_epoch is not None:
                 on_epoch(row)
     except torch.cuda.OutOfMemoryError:
@@ -513,7 +527,16 @@ def _train(
         ) from None
     finally:
         stop.restore()
+        if tb is not None:
+            tb.writer.flush()  # an interrupted run keeps what it logged
 
+    if config.train.tensorboard:  # the final model's confusion matrix (collective)
+        confusion = tb_log.confusion_matrix(
+            eval_model, eval_loaders["test"], dataset.num_classes, autocast, world
+        )
+        if tb is not None:
+            tb.log_confusion(confusion, dataset.classes, state["global_step"])
+            tb.close()
     summary = finish_run(run, config, eval_model, dataset, num_params) if main else {}
     return RunResult(Path(run_path), summary)
 
