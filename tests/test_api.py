@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -95,6 +96,15 @@ def test_load_run_reads_the_same_run_back(trained):
         tinyvision.load_run(trained.path / "checkpoints")
 
 
+def test_every_name_the_readme_uses_exists(trained):
+    block = readme_block("import tinyvision")
+    for name in set(re.findall(r"tinyvision\.(\w+)\(", block)):
+        assert callable(getattr(tinyvision, name)), name
+    for name in set(re.findall(r"^run\.(\w+)", block, flags=re.M)):
+        getattr(trained, name)  # raises AttributeError if the README promises too much
+    assert trained.metrics.column("test_acc") == [row["test_acc"] for row in trained.metrics]
+
+
 def test_tables_show_in_notebooks_and_terminals(trained):
     table = trained.metrics
     assert "train_acc" in str(table).splitlines()[0]
@@ -127,29 +137,17 @@ def test_resume_takes_no_config_and_bad_configs_fail_with_the_usual_message(tmp_
 
 # --- a model of one's own ----------------------------------------------------------------------
 
-PLUGIN = '''
-"""A user's own model, registered by name."""
-import pydantic
-from torch import nn
-
-import tinyvision
+README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-@tinyvision.register_model("my_tiny_cnn", description="a user's two-layer CNN", width=8)
-class TinyCNN(nn.Module):
-    class Config(pydantic.BaseModel):
-        width: int = 8
+def readme_block(first_line: str) -> str:
+    """The README's code block that starts with ``first_line``."""
+    blocks = re.findall(r"```(?:python|bash)\n(.*?)```", README.read_text(), flags=re.S)
+    (block,) = [b for b in blocks if b.startswith(first_line)]
+    return block
 
-    def __init__(self, config, *, in_chans, num_classes, image_size):
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(in_chans, config.width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4)
-        )
-        self.head = nn.Linear(config.width * 16, num_classes)
 
-    def forward(self, images):
-        return self.head(self.body(images).flatten(1))
-'''
+PLUGIN = readme_block("# my_models.py")  # the README's own example of a model of one's own
 
 
 def cli(*args: str, env: dict | None = None, cwd: Path | None = None):
@@ -167,19 +165,21 @@ def cli(*args: str, env: dict | None = None, cwd: Path | None = None):
 
 def test_a_user_registered_model_trains_from_the_cli(tiny_fashion_dir, tmp_path):
     (tmp_path / "my_models.py").write_text(PLUGIN)
-    config = tmp_path / "mine.toml"
-    config.write_text('[model]\nname = "my_tiny_cnn"\nwidth = 6\n')
-    common = ["--data-dir", str(tiny_fashion_dir), "--no-verify", "--no-download"]
+    # As the README writes it, plus where the test's data and runs are.
     result = cli(
         "train",
-        str(config),
         "--import",
         "my_models",  # a module name, found in the current folder
+        "model.name=tiny_cnn",
+        "model.width=6",
         "--epochs",
         "1",
         "--out",
         str(tmp_path / "runs"),
-        *common,
+        "--data-dir",
+        str(tiny_fashion_dir),
+        "--no-verify",
+        "--no-download",
         "train.progress=off",
         "data.batch_size=64",
         cwd=tmp_path,
@@ -187,18 +187,18 @@ def test_a_user_registered_model_trains_from_the_cli(tiny_fashion_dir, tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert "final test accuracy:" in result.stdout
-    assert "my_tiny_cnn" in (run_dir / "report.md").read_text()  # the report reached it too
+    assert "tiny_cnn" in (run_dir / "report.md").read_text()  # the report reached it too
     assert "width = 6" in (run_dir / "config.toml").read_text()
 
     # Any other process finds it through $TINYVISION_PLUGINS (here as a .py file).
     env = {"TINYVISION_PLUGINS": str(tmp_path / "my_models.py")}
     listed = cli("models", env=env)
-    assert listed.returncode == 0 and "my_tiny_cnn" in listed.stdout
+    assert listed.returncode == 0 and "tiny_cnn" in listed.stdout
     rewritten = cli("report", str(run_dir), env=env)
     assert rewritten.returncode == 0, rewritten.stderr
     # Without the import the name is unknown, and the message says so in one line.
-    unknown = cli("summary", "my_tiny_cnn")
-    assert unknown.returncode == 2 and "unknown model 'my_tiny_cnn'" in unknown.stderr
+    unknown = cli("summary", "tiny_cnn")
+    assert unknown.returncode == 2 and "unknown model 'tiny_cnn'" in unknown.stderr
 
 
 def test_a_missing_plugin_is_one_clear_line(tmp_path):
@@ -220,8 +220,8 @@ def test_register_model_in_python_then_train_load_and_rerun_the_cell(tiny_config
     namespace: dict = {}
     exec(compile(PLUGIN, "<notebook cell>", "exec"), namespace)
     exec(compile(PLUGIN, "<notebook cell>", "exec"), namespace)  # a re-run cell is no clash
-    run = tinyvision.train(tiny_config("model.name=my_tiny_cnn", "train.epochs=1"))
-    assert run.summary["model"] == "my_tiny_cnn"
+    run = tinyvision.train(tiny_config("model.name=tiny_cnn", "train.epochs=1"))
+    assert run.summary["model"] == "tiny_cnn"
     assert type(run.model).__name__ == "TinyCNN"
     with pytest.raises(ValueError, match="registered twice"):
         tinyvision.register_model("mixer", namespace["TinyCNN"])  # a built-in name is taken
