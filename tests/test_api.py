@@ -232,3 +232,19 @@ def test_register_model_needs_a_config_class():
 
     with pytest.raises(TypeError, match="nested pydantic Config"):
         tinyvision.register_model("no_config", nn.Linear)
+
+
+def test_configs_come_from_files_dicts_configs_or_defaults_with_overrides(tiny_config, tmp_path):
+    from tinyvision.api import make_config
+
+    base = tiny_config()
+    assert make_config(base, {"optim.lr": 0.5}).optim.lr == 0.5  # a Config, overridden
+    assert make_config(base, {"optim.lr": 0.5}) != base and base.optim.lr == 3e-3  # a copy
+    assert make_config(None, "train.epochs=4").train.epochs == 4  # one bare override
+    nested = make_config({"model": {"name": "resmlp_brief"}})
+    assert nested.model_name == "resmlp_brief" and nested.model["width"] == 256  # defaults
+    path = tmp_path / "c.toml"
+    path.write_text(base.to_toml())
+    from_file = make_config(str(path), ["model.dim=48", "model.token_hidden=[8]"])
+    assert from_file.model["dim"] == 48 and from_file.model["token_hidden"] == [8]
+    assert make_config({"train": {"out_dir": tmp_path}}).train.out_dir == tmp_path
