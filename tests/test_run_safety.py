@@ -30,11 +30,12 @@ import tinyvision
 import tinyvision.engine
 import tinyvision.loop
 import tinyvision.runs
-from tinyvision.cli import main, report_when_asked
+from tinyvision.cli import main
 from tinyvision.config import load_config
 from tinyvision.engine import RunResult, train
 from tinyvision.lock import holding_locks, lock_run
 from tinyvision.optim import lr_factor
+from tinyvision.report import report_when_asked
 from tinyvision.runs import RunFolder
 
 SETTINGS = ["train.report=false", "train.checkpoint_every_steps=4"]  # 10 steps an epoch

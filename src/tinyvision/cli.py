@@ -10,21 +10,19 @@ tinyvision compare RUN... | FOLDER [--html OUT]    a table of runs, their settin
 tinyvision sweep CONFIG --space SPACE --trials N    hyperparameter search (Optuna)
 tinyvision predict RUN IMAGE...                     classify image files with a run's model
 tinyvision export RUN [--out FILE.onnx]             write the run's model as ONNX
+
+Every command takes ``--import MODULE`` (or reads ``$TINYVISION_PLUGINS``): modules that
+register users' own models with ``tinyvision.register_model`` before the command runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from tinyvision import __version__
 from tinyvision.errors import TinyVisionError, TrainingInterrupted
-
-if TYPE_CHECKING:
-    from tinyvision.engine import RunResult
+from tinyvision.version import __version__
 
 EXAMPLES = """\
 examples:
@@ -88,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     train.add_argument("--no-download", action="store_true", help="= data.download=false")
     train.add_argument("--out", help="= train.out_dir: where run folders are created")
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="= train.tensorboard=true: also write TensorBoard event files into the run folder "
+        "(pip install 'tinyvision[tensorboard]')",
+    )
 
     commands.add_parser(
         "models",
@@ -257,7 +261,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="do not compare onnxruntime with PyTorch after writing",
     )
+    add_import_option(parser, commands)
     return parser
+
+
+def add_import_option(
+    parser: argparse.ArgumentParser, commands: argparse._SubParsersAction
+) -> None:
+    """``--import MODULE`` on every command (before or after its name): modules or .py files
+    that register users' own models (``tinyvision.register_model``) before the command runs."""
+    help_text = (
+        "import this module (or .py file) first, to register your own models; repeatable; "
+        "also $TINYVISION_PLUGINS (comma-separated)"
+    )
+    parser.add_argument(
+        "--import", dest="imports_first", action="append", metavar="MODULE", help=help_text
+    )
+    for command in commands.choices.values():
+        command.add_argument(
+            "--import", dest="imports", action="append", metavar="MODULE", help=help_text
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -270,6 +293,11 @@ def main(argv: list[str] | None = None) -> int:
     if overrides:
         args.overrides = [*args.overrides, *overrides]
     try:
+        imports = [*(args.imports_first or []), *(getattr(args, "imports", None) or [])]
+        if imports:
+            from tinyvision.models import import_plugins
+
+            import_plugins(imports)
         return COMMANDS[args.command](args)
     except TinyVisionError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -288,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from tinyvision.config import load_config, toml_value
     from tinyvision.engine import train
+    from tinyvision.report import report_when_asked
     from tinyvision.resume import plural
 
     if args.resume:
@@ -324,6 +353,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides.append("data.verify=false")
     if args.no_download:
         overrides.append("data.download=false")
+    if args.tensorboard:
+        overrides.append("train.tensorboard=true")
     config = load_config(config_path, overrides)
     why = defaults_note(config_path, overrides)
     if why:  # say what is about to run for a while, and why
@@ -345,23 +376,6 @@ def defaults_note(config_path: str | None, overrides: list[str]) -> str:
     if not tomllib.loads(Path(config_path).read_text()):  # valid: load_config read it
         return f"{config_path} sets nothing, so the built-in defaults{with_overrides}"
     return ""
-
-
-def report_when_asked(result: RunResult) -> None:
-    """The report of a finished run (``train.report``), written from its run folder alone after
-    training has returned, so a failure here can never lose the trained model."""
-    from tinyvision.report import report_after_training
-    from tinyvision.runs import RunFolder
-
-    if not (result.main and result.trained):  # a finished run resumed: its report stands
-        return
-    if not RunFolder.open(result.run_dir).load_config().train.report:
-        return
-    with warnings.catch_warnings():
-        # The report reads the data set again, the copy training has just used and (with
-        # data.verify = false) just warned about: once in the log is enough.
-        warnings.filterwarnings("ignore", "(?s).*NOT checked against the official checksums")
-        report_after_training(result.run_dir)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -37,6 +37,7 @@ BOOKKEEPING = {
     "train.progress",
     "train.threads",
     "train.checkpoint_every_steps",
+    "train.tensorboard",
     "model.name",  # shown as its own column
     "train.epochs",  # so is this: the epochs column (done/planned for an unfinished run)
 }
@@ -411,8 +412,8 @@ def render_comparison_html(table: ComparisonTable) -> str:
 
     import jinja2
 
-    import tinyvision
     from tinyvision.pages import CSS
+    from tinyvision.version import __version__
 
     colours = run_colours(len(table.runs))
     curves = "data:image/png;base64," + base64.b64encode(
@@ -435,7 +436,7 @@ def render_comparison_html(table: ComparisonTable) -> str:
         curves=curves,
         css=CSS,
         js=_SORT_JS,
-        version=tinyvision.__version__,
+        version=__version__,
     )
 
 

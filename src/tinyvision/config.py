@@ -104,9 +104,11 @@ class TrainConfig(Section):
     out_dir: Path = Path("runs")
     name: str = Field("", max_length=100)  # run folder prefix; defaults to "<dataset>-<model>"
     progress: Literal["auto", "on", "off"] = "auto"  # auto = bars only on a terminal
-    # `tinyvision train` writes report.html / report.md once training has returned (the CLI,
-    # from the run folder; train() itself never does); sweep trials skip it.
+    # `tinyvision train` and tinyvision.train() write report.html / report.md once training
+    # has returned (from the run folder; engine.train() itself never does); sweep trials skip it.
     report: bool = True
+    # Also write TensorBoard event files into the run folder (needs the tensorboard extra).
+    tensorboard: bool = False
 
     @pydantic.field_validator("name")
     @classmethod

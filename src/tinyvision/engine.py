@@ -7,8 +7,10 @@ progress bar and the loss curve).
 
 The engine writes the run folder (``runs.py``): config, metrics, the loss curve and
 ``curves.png`` after every epoch (``plots.py``), checkpoints, and at the end ``model.pt`` and
-``summary.json``. It never writes the report: that is read from the finished run folder
-afterwards (``report.py``, called by the CLI), so a problem there cannot lose a trained model.
+``summary.json``, and TensorBoard event files with ``train.tensorboard`` (``tensorboard.py``).
+It never writes the report: that is read from the finished run folder afterwards
+(``report.py``, called by the CLI and ``tinyvision.train``), so a problem there cannot lose a
+trained model.
 What a checkpoint holds, and how a run resumes exactly, is ``state.py``; devices and precision
 are ``device.py``.
 """
@@ -27,6 +29,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tinyvision import distributed
+from tinyvision import tensorboard as tb_log
 from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset_for, split_validation
 from tinyvision.device import configure_torch, resolve_device
@@ -228,6 +231,8 @@ def _train(
     main = world.is_main  # only process 0 prints and writes files
     if main:
         warn_about_warmup(config)
+    if config.train.tensorboard:
+        tb_log.require()  # a missing optional extra: one line, before anything is read
     # Data and model come first: bad input fails here, before a run folder exists.
     progress = config.train.progress
     # pooch's download bar ignores whether stderr is a terminal: "auto" decides here.
@@ -248,6 +253,7 @@ def _train(
     state = TrainingState(config, model, optimizer, scheduler, ema, train_loader.generator, world)
 
     # Where the run starts: fresh, or from the last checkpoint of an existing run folder.
+    resuming = run is not None
     if run is None:
         run = RunFolder.create(config) if main else None
     elif run.last_checkpoint.exists():  # (none: stopped before it, started again in its folder)
@@ -268,8 +274,16 @@ def _train(
             + f"; run folder: {run_path}"
         )
         print(data_source_line(dataset.source), flush=True)
-    loop = Loop(state, step_model, train_loader, eval_loaders, writer, run_path, on_epoch)
+    # TensorBoard event files beside the metrics (process 0 only, like every file); a resumed
+    # run's writer hides what the earlier session logged after the step it starts from.
+    tb = None
+    if writer is not None and config.train.tensorboard:
+        resumed_at = state.progress.global_step if resuming else None
+        tb = tb_log.TensorBoardLog(run_path, resumed_at=resumed_at)
+    loop = Loop(state, step_model, train_loader, eval_loaders, writer, run_path, on_epoch, tb)
     loop.run()
+    if config.train.tensorboard:  # collective: every process counts its shard of the test split
+        loop.log_confusion(dataset.classes)
     eval_model = ema.module if ema is not None else model  # evaluated and saved at the end
     summary = finish_run(writer, config, eval_model, dataset, num_params) if main else {}
     return RunResult(run_path, summary, main)

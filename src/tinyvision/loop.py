@@ -1,12 +1,15 @@
 """The training loop of one session: steps, the loss curve, evaluation, checkpoints.
 
-    loop = Loop(state, step_model, train_loader, eval_loaders, run, run_path, on_epoch)
+    loop = Loop(state, step_model, train_loader, eval_loaders, run, run_path, on_epoch, tb)
     loop.run()     # every epoch left, from the step the state has reached
+    loop.log_confusion(classes)   # with train.tensorboard: the final model's, in every process
 
 Each step is as plain as nanoGPT's (forward, loss, backward, clip, optimiser, schedule, EMA);
 sums stay on the device, so the host synchronises once per epoch, every ``LOG_EVERY`` steps for
 the loss curve and progress bar, and at each check on a GPU. After an epoch: metrics, the
-evaluation of every split, the checkpoint (``state.py``), the metrics files and ``curves.png``.
+evaluation of every split, the checkpoint (``state.py``), the metrics files and ``curves.png``;
+with ``train.tensorboard`` the loss-curve points and the metrics go to TensorBoard as well
+(``tensorboard.py``).
 The engine (``engine.py``) builds what the loop runs on.
 """
 
@@ -28,6 +31,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from tinyvision import distributed
+from tinyvision import tensorboard as tb_log
 from tinyvision.config import Config
 from tinyvision.data import DeviceLoader
 from tinyvision.device import autocast_for
@@ -58,6 +62,7 @@ class Loop:
         run: RunFolder | None,
         run_path: Path,
         on_epoch: Callable[[dict[str, Any]], None] | None,
+        tensorboard: tb_log.TensorBoardLog | None = None,
     ) -> None:
         self.state, self.progress, self.config = state, state.progress, state.config
         self.world, self.device = state.world, state.device
@@ -66,6 +71,7 @@ class Loop:
         self.eval_loaders = eval_loaders
         self.folder = run  # the run folder where this process writes it, else None
         self.run_path, self.on_epoch = run_path, on_epoch
+        self.tensorboard = tensorboard  # held by the process that writes the folder, if asked
         self.autocast = autocast_for(self.config, self.device)
         self.eval_model = state.ema.module if state.ema is not None else state.model
         # Checks that need the host are made every step on a CPU (free there) but only every
@@ -89,6 +95,8 @@ class Loop:
             raise self.out_of_memory() from None
         finally:
             stop.restore()
+            if self.tensorboard is not None:
+                self.tensorboard.writer.flush()  # an interrupted run keeps what it logged
 
     def train_epoch(self, epoch: int, stop: StopRequest) -> EpochTotals:
         """The epoch's steps from the one reached (a resumed epoch starts mid-way)."""
@@ -171,6 +179,9 @@ class Loop:
         mean_loss = totals.take_window()
         epoch_float = epoch + p.step_in_epoch / len(self.train_loader)
         p.steps.append((p.global_step, epoch_float, mean_loss))
+        if self.tensorboard is not None:  # the same points as steps.csv
+            lr = self.state.scheduler.get_last_lr()[0]
+            self.tensorboard.log_step(p.global_step, mean_loss, lr)
         bar.set_postfix(loss=f"{mean_loss:.4f}", refresh=False)
         lines.loss = mean_loss
 
@@ -210,8 +221,21 @@ class Loop:
             self.folder.write_metrics(p.metrics)
             self.folder.write_steps(p.steps)
             plot_curves(self.folder)
+            if self.tensorboard is not None:
+                self.tensorboard.log_epoch(row)
         if self.on_epoch is not None:
             self.on_epoch(row)
+
+    def log_confusion(self, classes: list[str]) -> None:
+        """The final model's confusion matrix on the test split, to TensorBoard, then the event
+        files closed. Collective (each process counts its shard): every process calls it."""
+        test = self.eval_loaders["test"]
+        counts = tb_log.confusion_matrix(
+            self.eval_model, test, len(classes), self.autocast, self.world
+        )
+        if self.tensorboard is not None:
+            self.tensorboard.log_confusion(counts, classes, self.progress.global_step)
+            self.tensorboard.close()
 
     def checkpoint(self, *, best: bool = False) -> None:
         # Never overwrite a good checkpoint with NaN weights.

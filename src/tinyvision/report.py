@@ -13,22 +13,22 @@ model whose accuracy the metrics claim; the figures come from ``plots.py``, the 
 scripts, nothing fetched): it opens offline and can be mailed. ``report.md`` references the
 figures as files next to it.
 
-The CLI writes the report after training returns (``train.report``), and ``tinyvision report
-RUN`` writes it again on demand, from any copy of the run folder. The engine never calls this
-module, so a problem here can never lose a trained model.
+The CLI and the Python API write the report after training returns (``report_when_asked``,
+``train.report``), and ``tinyvision report RUN`` writes it again on demand, from any copy of the
+run folder. The engine never calls this module, so a problem here can never lose a trained model.
 """
 
 from __future__ import annotations
 
 import html
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-import tinyvision
 from tinyvision.config import Config, load_config, toml_value, tomllib
 from tinyvision.data import ImageDataset, load_dataset_for
 from tinyvision.evaluate import SplitEvaluation, evaluate_saved_model, load_saved_model
@@ -38,6 +38,10 @@ from tinyvision.pages import CSS, REPORT_HTML, data_uri
 from tinyvision.plots import plot_confusion, plot_curves, plot_misclassified
 from tinyvision.runs import RunFolder, atomic_write_text, format_duration
 from tinyvision.summary import ModelSummary, summarize
+from tinyvision.version import __version__
+
+if TYPE_CHECKING:
+    from tinyvision.engine import RunResult
 
 MAX_MISCLASSIFIED = 40  # images in the grid: enough to see a pattern, small enough to scan
 # The per-epoch columns shown, when the run recorded them (train_ce: runs from 2026-12 on).
@@ -125,9 +129,32 @@ def per_class_record(evaluation: SplitEvaluation, shown: list[int], dataset: str
     }
 
 
+def report_when_asked(result: RunResult, *, write_missing: bool = False) -> Path | None:
+    """The report of the run ``train()`` has returned, when its config asks for one
+    (``train.report``): the call of ``tinyvision train`` and of ``tinyvision.train`` once
+    training has returned, written from the run folder alone.
+
+    A run trained now gets a new report. A finished run that was only resumed (nothing left to
+    train) keeps its own, unless it has none and ``write_missing``: the Python API's promise
+    that the run it returns has its report. Only process 0 writes, as it writes the folder.
+    """
+    if not result.main:
+        return None
+    missing = bool(result.summary) and not (Path(result.run_dir) / "report.html").exists()
+    if not (result.trained or (write_missing and missing)):
+        return None
+    if not RunFolder.open(result.run_dir).load_config().train.report:
+        return None
+    with warnings.catch_warnings():
+        # The report reads the data set again, the copy training has just used and (with
+        # data.verify = false) just warned about: once in the log is enough.
+        warnings.filterwarnings("ignore", "(?s).*NOT checked against the official checksums")
+        return report_after_training(result.run_dir)
+
+
 def report_after_training(run: RunFolder | str | Path) -> Path | None:
-    """The CLI's call once training has returned: write the report, but never fail a finished
-    run over it (the run folder is complete by now; the report can be written again later)."""
+    """Write the report of a run training has just finished, but never fail the run over it
+    (the run folder is complete by now; the report can be written again later)."""
     try:
         path = write_report(run)
     except Exception as err:  # the training result is safe: say so and go on
@@ -270,7 +297,7 @@ def _environment(env: dict[str, Any], summary: dict[str, Any]) -> list[tuple[str
         ("wall time (training)", _duration(summary.get("train_seconds"))),
         ("date", env.get("date", "—")),
         ("command", env.get("command", "—")),
-        ("tinyvision", tinyvision.__version__),
+        ("tinyvision", __version__),
         ("python", env.get("python", "—")),
         ("torch", env.get("torch", "—") + (f", CUDA {env['cuda']}" if env.get("cuda") else "")),
         ("numpy", env.get("numpy", "—")),
@@ -334,7 +361,7 @@ def render_html(context: dict[str, Any], figures: dict[str, bytes]) -> str:
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
     images = {name: data_uri(png) for name, png in figures.items()}
     return env.from_string(REPORT_HTML).render(
-        **context, images=images, css=CSS, version=tinyvision.__version__
+        **context, images=images, css=CSS, version=__version__
     )
 
 
@@ -406,5 +433,5 @@ def render_markdown(c: dict[str, Any]) -> str:
         out += ["", f"### [{section}]", "", _md_table(["key", "value"], cells)]
     out += ["", "## Data", "", _md_table(["", ""], c["data_source"]), ""]
     out += ["## Time, device and versions", "", _md_table(["", ""], c["environment"]), ""]
-    out += [f"_Written by tinyvision {tinyvision.__version__} on {c['generated']}._", ""]
+    out += [f"_Written by tinyvision {__version__} on {c['generated']}._", ""]
     return "\n".join(out)

@@ -13,12 +13,18 @@ attribute ``brief = Brief(...)``: the brief's letter, title, formula in one line
 brief asks questions about the network (DenseNet's shapes), a function that answers them for a
 built model. The report and the summary read ``get_variant(name).brief`` and nothing else, so
 no module outside a family's own file knows which family is which.
+
+A user's own model is a family registered the same way (``tinyvision.register_model``) in a
+module that is imported first: by ``tinyvision --import MODULE`` or ``$TINYVISION_PLUGINS``
+(see :func:`import_plugins`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pydantic
@@ -117,3 +123,47 @@ def _import_families() -> None:
         except ModuleNotFoundError as err:
             if err.name != f"tinyvision.models.{module}":
                 raise
+    if not _PLUGINS_FROM_ENV:
+        _PLUGINS_FROM_ENV.append(os.environ.get(PLUGINS_ENV, ""))  # once, before importing
+        import_plugins(part for part in _PLUGINS_FROM_ENV[0].split(",") if part.strip())
+
+
+# Users' own models: modules that call ``tinyvision.register_model`` when imported, named in
+# this variable (or with ``tinyvision --import``) so that every process finds them by name: the
+# CLI, sweep workers, ``tinyvision report`` of a run trained from a notebook.
+PLUGINS_ENV = "TINYVISION_PLUGINS"
+_PLUGINS_FROM_ENV: list[str] = []
+
+
+def import_plugins(specs: Iterable[str]) -> None:
+    """Import each module name (``my_models``, ``pkg.models``) or ``.py`` file in ``specs``."""
+    import importlib
+    import importlib.util
+    import sys
+
+    for spec in (s.strip() for s in specs):
+        try:
+            if spec.endswith(".py") or os.sep in spec:
+                path = Path(spec).resolve()
+                name = f"tinyvision_plugin_{path.stem}"
+                if name in sys.modules:  # imported already: registering twice is an error
+                    continue
+                loader_spec = importlib.util.spec_from_file_location(name, path)
+                if loader_spec is None or not path.is_file():
+                    raise FileNotFoundError(f"no such file: {path}")
+                module = importlib.util.module_from_spec(loader_spec)
+                sys.modules[name] = module
+                try:
+                    loader_spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[name]
+                    raise
+            else:
+                if "" not in sys.path and os.getcwd() not in sys.path:
+                    sys.path.append(os.getcwd())  # `tinyvision` the script: find ./my_models.py
+                importlib.import_module(spec)
+        except (ImportError, OSError) as err:
+            raise ConfigError(
+                f"could not import the model plugin {spec!r} ({type(err).__name__}: {err}); "
+                f"give a module name on the Python path or a .py file (--import or ${PLUGINS_ENV})"
+            ) from None
