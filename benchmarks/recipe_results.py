@@ -6,9 +6,13 @@ docs/results.md holds: mean +- sample standard deviation of the final test accur
 seeds (each seed's figure beside it), the test-time-augmented accuracy where
 ``tinyvision evaluate`` wrote one, train accuracy, epochs, training time, parameters, hardware,
 dates, and the command with its seeds. ``--curves FILE.png`` draws every seed's train and test
-accuracy per epoch, one panel per recipe.
+accuracy per epoch, one panel per recipe. ``--minutes FILE.png`` draws test accuracy against
+minutes of training (each epoch's ``elapsed_seconds`` in metrics.jsonl), every recipe and seed
+in one panel, with published figures as horizontal lines (``--anchor "MLP-Mixer port=90.2"``).
 
     python benchmarks/recipe_results.py runs/resmlp runs/densenet --curves docs/curves.png
+    python benchmarks/recipe_results.py runs/cpu --minutes docs/minutes.png \
+        --anchor "public MLP-Mixer port=90.2" --anchor "MLP 256-128-64=90.0"
 """
 
 from __future__ import annotations
@@ -137,10 +141,68 @@ def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
     plt.close(fig)
 
 
+def recipe_label(runs: list[RunRecord]) -> str:
+    """The config file a recipe was trained from (its command's first argument), else its model."""
+    words = environment(runs[0]).get("command", "").split()
+    configs = [w for w in words if w.endswith(".toml")]
+    return Path(configs[0]).stem if configs else str(runs[0].config.get("model.name", "?"))
+
+
+def plot_minutes(
+    groups: list[list[RunRecord]], anchors: list[tuple[str, float]], path: Path
+) -> None:
+    """Test accuracy against minutes of training: what a student with one CPU core waits for."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5))
+    lowest = 100.0
+    for index, runs in enumerate(groups):
+        color = f"C{index}"
+        for n, run in enumerate(sorted(runs, key=lambda r: r.config.get("train.seed", 0))):
+            rows = [m for m in run.metrics if "test_acc" in m]
+            minutes = [m["elapsed_seconds"] / 60 for m in rows]
+            accuracy = [100 * m["test_acc"] for m in rows]
+            lowest = min(lowest, *accuracy[len(accuracy) // 4 :])  # the late part sets the scale
+            label = f"{recipe_label(runs)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            ax.plot(minutes, accuracy, color=color, alpha=0.8, label=label if n == 0 else None)
+    for (name, value), style in zip(anchors, ["--", ":", "-.", (0, (5, 5))] * 4, strict=False):
+        ax.axhline(value, color="grey", linestyle=style, linewidth=1)
+        ax.annotate(name, (0, value), xytext=(2, 2), textcoords="offset points", fontsize=7)
+        lowest = min(lowest, value)
+    ax.set_xlabel("minutes of training (one CPU thread)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(lowest - 1.5, None)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_anchor(text: str) -> tuple[str, float]:
+    name, sep, value = text.rpartition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"{text!r}: write NAME=PERCENT, e.g. 'MLP=90.0'")
+    return name, float(value)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="run folders, or folders holding run folders")
     parser.add_argument("--curves", type=Path, help="write every recipe's curves to this PNG")
+    parser.add_argument(
+        "--minutes", type=Path, help="write test accuracy against training minutes to this PNG"
+    )
+    parser.add_argument(
+        "--anchor",
+        type=parse_anchor,
+        action="append",
+        default=[],
+        help="a published figure drawn on --minutes as a line: NAME=PERCENT (repeatable)",
+    )
     args = parser.parse_args()
 
     finished = [r for r in find_runs(args.runs) if r.finished]
@@ -158,6 +220,9 @@ def main() -> int:
     if args.curves:
         plot_curves(list(groups.values()), args.curves)
         print(f"\ncurves: {args.curves}")
+    if args.minutes:
+        plot_minutes(list(groups.values()), args.anchor, args.minutes)
+        print(f"\naccuracy against minutes: {args.minutes}")
     return 0
 
 
