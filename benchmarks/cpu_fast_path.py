@@ -34,20 +34,11 @@ from _report import LoadMeter, Report, median
 from torch import nn
 
 from tinyvision.config import load_config
+from tinyvision.device import cpu_has_native_bf16
 from tinyvision.models import create_model
 
 SHAPES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 NUM_CLASSES = 10
-
-
-def native_bf16() -> str:
-    """Which bf16 instructions torch's CPU kernels can use here (private but stable probes)."""
-    probes = {
-        "AVX512-BF16": getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False),
-        "AMX": getattr(torch.cpu, "_is_amx_tile_supported", lambda: False),
-    }
-    found = [name for name, probe in probes.items() if probe()]
-    return ", ".join(found) if found else "none (bf16 is emulated: expect it to be slower)"
 
 
 def make_step(config_path: Path, mode: str) -> tuple[Callable[[], None], int]:
@@ -147,7 +138,10 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     report = Report("CPU fast path: a training step per precision and setting", torch.device("cpu"))
-    report.context.append(f"bf16 instructions: {native_bf16()}")
+    report.context.append(
+        "bf16 instructions (AVX512-BF16 or AMX): "
+        + ("yes" if cpu_has_native_bf16() else "none, bf16 is emulated: expect it to be slower")
+    )
     rows = []
     with LoadMeter() as load:
         for config_path in args.configs:

@@ -474,3 +474,19 @@ def test_the_curves_figure_compares_cross_entropy_with_cross_entropy(tiny_config
         "train objective (label smoothing 0.1) (epoch mean)",
         "test cross-entropy",
     ]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_on_a_cpu_trains_and_warns_only_without_bf16_instructions(
+    tiny_config, monkeypatch, native
+):
+    import warnings
+
+    monkeypatch.setattr("tinyvision.engine.cpu_has_native_bf16", lambda: native)
+    config = tiny_config("train.epochs=1", "train.precision=bf16", "train.report=false")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(config)
+    emulated = [w for w in caught if "no bf16 instructions" in str(w.message)]
+    assert len(emulated) == (0 if native else 1)
+    assert result.summary["final_test_acc"] > 0.2  # bf16 autocast still learns the tiny set

@@ -32,7 +32,7 @@ from tinyvision import distributed
 from tinyvision import tensorboard as tb_log
 from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset_for, split_validation
-from tinyvision.device import configure_torch, resolve_device
+from tinyvision.device import configure_torch, cpu_has_native_bf16, resolve_device
 from tinyvision.distributed import World
 from tinyvision.errors import TinyVisionError, WriteError
 from tinyvision.lock import holding_locks, lock_run
@@ -230,7 +230,7 @@ def _train(
     configure_torch(config)
     main = world.is_main  # only process 0 prints and writes files
     if main:
-        warn_about_warmup(config)
+        warn_about_settings(config, device)
     if config.train.tensorboard:
         tb_log.require()  # a missing optional extra: one line, before anything is read
     # Data and model come first: bad input fails here, before a run folder exists.
@@ -293,12 +293,21 @@ def _fast_path(setting: str, device: torch.device) -> bool:
     return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
-def warn_about_warmup(config: Config) -> None:
+def warn_about_settings(config: Config, device: torch.device) -> None:
+    """Settings that run, but not as their user most likely expects."""
     if config.schedule.warmup_epochs >= config.train.epochs:
         warnings.warn(
             f"schedule.warmup_epochs ({config.schedule.warmup_epochs:g}) is not shorter than "
             f"train.epochs ({config.train.epochs}): the learning rate never reaches optim.lr "
             "and the schedule's decay never starts; shorten the warm-up",
+            UserWarning,
+            stacklevel=3,
+        )
+    if config.train.precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        warnings.warn(
+            "train.precision is bf16, but this CPU has no bf16 instructions (AVX512-BF16 or "
+            "AMX): torch emulates bf16 here, which is usually slower than fp32; set "
+            'train.precision="fp32" for speed',
             UserWarning,
             stacklevel=3,
         )
