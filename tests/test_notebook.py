@@ -53,12 +53,7 @@ def test_densenet_notebook_runs_and_reports_the_final_accuracy(tiny_fashion_dir,
     )
     assert "Dense block 1 runs at 14x14" in text  # the brief's shape questions, answered
     assert "final fully connected layer takes 40 input features" in text  # 4 + 3 x 12
-    figures = [
-        out
-        for cell in notebook.cells
-        for out in cell.get("outputs", [])
-        if "image/png" in out.get("data", {})
-    ]
+    figures = png_outputs(notebook)
     assert len(figures) >= 2  # sample images and the curves
 
     (final,) = [c for c in notebook.cells if "final-accuracy" in c.metadata.get("tags", [])]
@@ -92,6 +87,16 @@ def tiny_cifar_dir(folder: Path) -> Path:
         }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     return folder
+
+
+def png_outputs(notebook) -> list:
+    """Every figure the notebook's cells displayed."""
+    return [
+        out
+        for cell in notebook.cells
+        for out in cell.get("outputs", [])
+        if "image/png" in out.get("data", {})
+    ]
 
 
 def outputs_text(notebook) -> str:
@@ -133,12 +138,7 @@ def test_brief_notebook_runs_and_hands_in_what_its_brief_asks(
     notebook = run_notebook(EXAMPLES / name, env, monkeypatch)
 
     assert sum(c.cell_type == "markdown" for c in notebook.cells) >= 8  # explained in prose
-    figures = [
-        out
-        for cell in notebook.cells
-        for out in cell.get("outputs", [])
-        if "image/png" in out.get("data", {})
-    ]
+    figures = png_outputs(notebook)
     assert len(figures) >= 2  # sample images and the curves
     text = outputs_text(notebook)
     assert "model.name" in text and "optim.lr" in text  # every hyperparameter in a table
