@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from _report import LoadMeter, Report, median
 from torch import nn
 
-from tinyvision.config import load_config
+from tinyvision.config import Config, load_config
 from tinyvision.device import cpu_has_native_bf16
 from tinyvision.models import create_model
 
@@ -41,18 +41,22 @@ SHAPES = {"fashion-mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
 NUM_CLASSES = 10
 
 
-def make_step(config_path: Path, mode: str) -> tuple[Callable[[], None], int]:
-    """One training step of the config's model in ``mode``, and the batch size it uses."""
-    config = load_config(config_path)
+def build_model(config: Config) -> nn.Module:
     chans, height, width = SHAPES[config.data.dataset]
     torch.manual_seed(0)
-    model = create_model(
+    return create_model(
         config.model_name,
         in_chans=chans,
         num_classes=NUM_CLASSES,
         image_size=(height, width),
         **config.model_params,
     )
+
+
+def make_step(config: Config, mode: str) -> tuple[Callable[[], None], int]:
+    """One training step of the config's model in ``mode``, and the batch size it uses."""
+    chans, height, width = SHAPES[config.data.dataset]
+    model = build_model(config)
     batch = config.data.batch_size
     images = torch.randn(batch, chans, height, width)
     labels = torch.randint(0, NUM_CLASSES, (batch,))
@@ -78,16 +82,8 @@ def make_step(config_path: Path, mode: str) -> tuple[Callable[[], None], int]:
     return step, batch
 
 
-def modes_for(config_path: Path) -> list[str]:
-    config = load_config(config_path)
-    chans, height, width = SHAPES[config.data.dataset]
-    model = create_model(
-        config.model_name,
-        in_chans=chans,
-        num_classes=NUM_CLASSES,
-        image_size=(height, width),
-        **config.model_params,
-    )
+def modes_for(config: Config) -> list[str]:
+    model = build_model(config)
     modes = ["fp32", "bf16", "compile fp32", "compile bf16"]
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         modes += ["channels-last fp32", "channels-last bf16"]
@@ -95,10 +91,11 @@ def modes_for(config_path: Path) -> list[str]:
 
 
 def measure(config_path: Path, args: argparse.Namespace) -> list[list[str]]:
-    modes = modes_for(config_path)
+    config = load_config(config_path)
+    modes = modes_for(config)
     steps = {}
     for mode in modes:
-        step, batch = make_step(config_path, mode)
+        step, batch = make_step(config, mode)
         for _ in range(args.warmup):
             step()
         steps[mode] = step
