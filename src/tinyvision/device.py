@@ -53,9 +53,9 @@ def cpu_has_native_bf16() -> bool:
     """Whether torch's CPU kernels have bf16 instructions here (AVX512-BF16 or AMX).
 
     Only there does ``train.precision = "bf16"`` speed a CPU up: on the project's AMD EPYC
-    (AVX512-BF16) the Mixer CPU recipe's epochs took 173 s instead of 290 s for 6 epochs
-    (docs/results.md). Elsewhere torch emulates bf16, usually more slowly than fp32. The probes
-    are private to torch, so their absence counts as "no".
+    (AVX512-BF16) 6 epochs of the Mixer CPU recipe's model took 173 s instead of 290 s
+    (docs/results.md, trials t1 and t2). Elsewhere torch emulates bf16, usually more slowly
+    than fp32. The probes are private to torch, so their absence counts as "no".
     """
     probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
     return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
