@@ -10,7 +10,7 @@ every mode that applies:
   fast only on CPUs with bf16 instructions (AVX512-BF16, AMX), which the report states;
 - ``compile fp32`` / ``compile bf16``: the same after ``model.compile()`` (``train.compile``);
 - ``channels-last fp32`` / ``channels-last bf16``: NHWC memory, only for models with
-  ``nn.Conv2d`` (``train.channels_last``).
+  ``nn.Conv2d`` (``train.channels_last``), and the same compiled (both settings together).
 
 Timing: warm-up steps first (compilation happens there), then ``--repeats`` blocks of
 ``--steps`` steps, the modes alternating block by block so drift in the machine's load hits
@@ -87,6 +87,7 @@ def modes_for(config: Config) -> list[str]:
     modes = ["fp32", "bf16", "compile fp32", "compile bf16"]
     if any(isinstance(m, nn.Conv2d) for m in model.modules()):
         modes += ["channels-last fp32", "channels-last bf16"]
+        modes += ["compile channels-last fp32", "compile channels-last bf16"]
     return modes
 
 
