@@ -111,6 +111,28 @@ def test_fast_chunks_the_batch_without_changing_the_result(monkeypatch):
         monkeypatch.undo()
 
 
+def test_one_kernel_is_one_ordinary_convolution(monkeypatch):
+    """K = 1 (a dynamic network's static twin) never builds per-image kernels: a conv, scaled."""
+    from tinyvision.ops import dynamic_conv
+
+    def per_image_path(*args):
+        raise AssertionError("per-image kernels built for K = 1")
+
+    monkeypatch.setattr(dynamic_conv._DynamicConv2dFn, "apply", per_image_path)
+    torch.manual_seed(0)
+    x = torch.randn(3, 4, 8, 8, dtype=DOUBLE)
+    a = torch.rand(3, 1, dtype=DOUBLE) + 0.5
+    weight = torch.randn(1, 6, 4, 3, 3, dtype=DOUBLE)
+    for method in [None, *METHODS]:
+        out = dynamic_conv2d(x, a, weight, padding=1, impl="fast", method=method)
+        expected = a[:, :, None, None] * F.conv2d(x, weight[0], padding=1)
+        torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+    softmax_layer = DynamicConv2d(4, 6, num_kernels=1).double()
+    torch.testing.assert_close(  # softmax over one kernel: a = 1, the plain convolution
+        softmax_layer(x), F.conv2d(x, softmax_layer.weight[0], padding=1), rtol=1e-12, atol=1e-12
+    )
+
+
 @pytest.mark.parametrize("impl", ["naive", "fast"])
 def test_channels_last_input(impl):
     torch.manual_seed(0)

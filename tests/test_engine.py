@@ -14,6 +14,7 @@ from tinyvision.config import ScheduleConfig, load_config
 from tinyvision.engine import train
 from tinyvision.errors import TinyVisionError, TrainingError
 from tinyvision.models import create_model
+from tinyvision.models.dynconv import DynamicConv2d
 from tinyvision.optim import build_optimizer, lr_factor
 
 
@@ -333,6 +334,27 @@ def test_conv_models_train_channels_last_on_the_cpu_unless_switched_off(
     )
     assert layouts and set(layouts) == {"nhwc" if expected else "nchw"}
     assert result.summary["final_test_acc"] > 0.1
+
+
+def test_dynamic_conv_model_with_plain_convs_trains_channels_last(tiny_config, monkeypatch):
+    """Brief B's network with an ordinary-conv stem: its 5-D dynamic kernels have no NHWC
+    layout, so the engine converts the ordinary convolutions only (model.to() raised)."""
+    import tinyvision.engine
+
+    real_create_model = tinyvision.engine.create_model
+    models = []
+    monkeypatch.setattr(
+        tinyvision.engine,
+        "create_model",
+        lambda *args, **kwargs: models.append(real_create_model(*args, **kwargs)) or models[-1],
+    )
+    dynconv = 'model={name="dynconv", stem="plain", stem_width=4, widths=[4, 4], strides=[2, 2]}'
+    result = train(tiny_config(dynconv, "train.epochs=1", "train.channels_last=on"))
+    assert math.isfinite(result.summary["final_test_loss"])
+    convs = [m for m in models[0].modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(c.weight.is_contiguous(memory_format=torch.channels_last) for c in convs)
+    dynamic = [m for m in models[0].modules() if isinstance(m, DynamicConv2d)]
+    assert dynamic and all(d.weight.is_contiguous() for d in dynamic)  # 5-D, left as it was
 
 
 def test_ema_decay_warms_up_with_the_step_count():

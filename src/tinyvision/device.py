@@ -49,6 +49,19 @@ def autocast_for(config: Config, device: torch.device) -> contextlib.AbstractCon
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
+def convs_to_channels_last(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with every ``nn.Conv2d`` weight in channels-last (NHWC) memory, in place.
+
+    Layer by layer rather than ``model.to(memory_format=...)``: brief B's dynamic convolutions
+    keep their K kernels in one 5-D tensor, which has no channels-last layout (``model.to``
+    raises on it), and convert their input to the layout they compute in themselves.
+    """
+    for conv in model.modules():
+        if isinstance(conv, torch.nn.Conv2d):
+            conv.to(memory_format=torch.channels_last)
+    return model
+
+
 def cpu_has_native_bf16() -> bool:
     """Whether torch's CPU kernels have bf16 instructions here (AVX512-BF16 or AMX).
 

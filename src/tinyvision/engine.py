@@ -32,7 +32,12 @@ from tinyvision import distributed
 from tinyvision import tensorboard as tb_log
 from tinyvision.config import Config
 from tinyvision.data import Augment, DeviceLoader, ImageDataset, load_dataset_for, split_validation
-from tinyvision.device import configure_torch, cpu_has_native_bf16, resolve_device
+from tinyvision.device import (
+    configure_torch,
+    convs_to_channels_last,
+    cpu_has_native_bf16,
+    resolve_device,
+)
 from tinyvision.distributed import World
 from tinyvision.errors import TinyVisionError, WriteError
 from tinyvision.lock import holding_locks, lock_run
@@ -78,7 +83,7 @@ def build_model(
         setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
     ) and any(isinstance(m, nn.Conv2d) for m in model.modules())
     if channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = convs_to_channels_last(model)
     return model, channels_last
 
 

@@ -30,7 +30,8 @@ Two implementations compute the same function:
       "bmm"      im2col + batched matmul for all three (dX through col2im)
       "sum"      no per-image kernels at all: the brief's sum of K convolutions (the naive
                  reference itself), K times the FLOPs of one convolution but none of the
-                 per-image traffic; the fastest on 4x4 images (see the end)
+                 per-image traffic; the fastest on 4x4 images (see the end), and always
+                 taken with one kernel (K = 1: one ordinary convolution, scaled by a)
 
   and ``choose_method`` picks one per device and layer shape from the measurements in
   docs/benchmarks.md ("Dynamic-convolution layer", ``benchmarks/dynconv_layer.py``).
@@ -108,7 +109,10 @@ def dynamic_conv2d(
             (x.shape[3] + 2 * padding - weight.shape[4]) // stride + 1
         )
         method = choose_method(x.device.type, x.shape[1], out_positions)
-    if method == "sum":  # the brief's formula is itself the fastest choice for this shape
+    # One kernel (K = 1, the static twin of a dynamic network): the sum is a single ordinary
+    # convolution scaled by a, which per-image kernels could only make slower. Otherwise the
+    # brief's formula is itself the fastest choice for some shapes ("sum").
+    if method == "sum" or weight.shape[0] == 1:
         return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     # Under autocast, cast here (differentiably) so the function computes in one dtype; the
     # function itself runs with autocast off, forward and backward, on every device.
