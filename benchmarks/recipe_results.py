@@ -98,7 +98,8 @@ def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
         or "—",
         "train accuracy": pct(mean_std([r.summary["final_train_acc"] for r in runs])[0]),
         "epochs": str(runs[0].summary["epochs"]),
-        "training time": f"{mean_std(seconds)[0] / 60:.1f} min (mean)",
+        "training time": f"{mean_std(seconds)[0] / 60:.1f} min (mean"
+        + (f"; each: {', '.join(f'{v / 60:.1f}' for v in seconds)})" if len(runs) > 1 else ")"),
         "parameters": f"{runs[0].summary['parameters']:,}",
         "hardware": hardware(envs[0]),
         "date (UTC)": f"{dates[0]} to {dates[-1]}" if len(dates) > 1 else dates[0],
@@ -168,9 +169,23 @@ def plot_minutes(
             lowest = min(lowest, *accuracy[len(accuracy) // 4 :])  # the late part sets the scale
             label = f"{recipe_label(runs)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
             ax.plot(minutes, accuracy, color=color, alpha=0.8, label=label if n == 0 else None)
-    for (name, value), style in zip(anchors, ["--", ":", "-.", (0, (5, 5))] * 4, strict=False):
+    styles = ["--", ":", "-.", (0, (5, 5))] * 4
+    for index, ((name, value), style) in enumerate(zip(anchors, styles, strict=False)):
         ax.axhline(value, color="grey", linestyle=style, linewidth=1)
-        ax.annotate(name, (0, value), xytext=(2, 2), textcoords="offset points", fontsize=7)
+        # Labels alternate between the left and the right end, so close figures stay legible.
+        side = (
+            {"xy": (0.01, value), "ha": "left"}
+            if index % 2 == 0
+            else {"xy": (0.99, value), "ha": "right"}
+        )
+        ax.annotate(
+            name,
+            **side,
+            xycoords=ax.get_yaxis_transform(),
+            xytext=(0, 2),
+            textcoords="offset points",
+            fontsize=7,
+        )
         lowest = min(lowest, value)
     ax.set_xlabel("minutes of training (one CPU thread)")
     ax.set_ylabel("test accuracy (%)")
