@@ -106,17 +106,19 @@ def _plot_accuracies(ax: plt.Axes, metrics: list[dict[str, Any]]) -> None:
     ax.set(xlabel="epoch", ylabel="accuracy (%)", title="Accuracy")
 
 
-def _save_figure(fig: plt.Figure, path: Path) -> bytes:
-    """Write ``fig`` to ``path`` as PNG (atomically) and return the bytes, for embedding."""
+def _save_figure(fig: plt.Figure, path: Path | None) -> bytes:
+    """Write ``fig`` to ``path`` as PNG (atomically, unless ``path`` is None) and return the
+    bytes, for embedding."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=FIGURE_DPI)
     plt.close(fig)
     data = buffer.getvalue()
-    atomic_write(path, lambda file: file.write(data))
+    if path is not None:
+        atomic_write(path, lambda file: file.write(data))
     return data
 
 
-def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path) -> bytes:
+def plot_confusion(confusion: np.ndarray, classes: list[str], path: Path | None = None) -> bytes:
     """The confusion matrix: colour = share of the true class, text = image count."""
     n = len(classes)
     rates = confusion / np.maximum(confusion.sum(axis=1, keepdims=True), 1)

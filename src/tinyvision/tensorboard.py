@@ -31,6 +31,7 @@ from torch import nn
 from tinyvision import distributed
 from tinyvision.distributed import World
 from tinyvision.errors import TinyVisionError
+from tinyvision.plots import plot_confusion
 
 SUBFOLDER = "tensorboard"
 INSTALL_HINT = "pip install 'tinyvision[tensorboard]' (or pip install tensorboard)"
@@ -103,25 +104,9 @@ def confusion_matrix(
 
 
 def confusion_image(confusion: np.ndarray, classes: list[str]) -> np.ndarray:
-    """The confusion matrix drawn as an RGB image (H x W x 3, uint8), counts in the cells."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only, as the report's figures
-    import matplotlib.pyplot as plt
+    """The report's confusion-matrix figure (``plots.plot_confusion``) as an RGB image
+    (H x W x 3, uint8), for TensorBoard."""
     from PIL import Image
 
-    n = len(classes)
-    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n), constrained_layout=True)
-    ax.imshow(confusion, cmap="Blues")
-    ax.set(xticks=range(n), yticks=range(n), xlabel="predicted class", ylabel="true class")
-    ax.set_xticklabels(classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticklabels(classes, fontsize=8)
-    high = confusion.max() / 2 if confusion.size else 0
-    for i in range(n):
-        for j in range(n):
-            colour = "white" if confusion[i, j] > high else "black"
-            ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7, color=colour)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=90)
-    plt.close(fig)
-    return np.asarray(Image.open(buffer).convert("RGB"))
+    png = plot_confusion(confusion, classes)
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
