@@ -101,18 +101,18 @@ def dynamic_conv2d(
         )
     # Tracing (ONNX export, torch.jit.trace) would bake the fast path's per-chunk batch sizes
     # into the graph and lose its writes into a new_empty() output (onnxruntime then returns
-    # wrong logits); the brief's formula computes the same function from standard ops.
-    if impl == "naive" or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
+    # wrong logits); the brief's formula computes the same function from standard ops. With
+    # one kernel (K = 1, the static twin of a dynamic network) the formula is a single ordinary
+    # convolution scaled by a, which per-image kernels could only make slower.
+    one_kernel = weight.shape[0] == 1
+    if impl == "naive" or one_kernel or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     if method is None:
         out_positions = ((x.shape[2] + 2 * padding - weight.shape[3]) // stride + 1) * (
             (x.shape[3] + 2 * padding - weight.shape[4]) // stride + 1
         )
         method = choose_method(x.device.type, x.shape[1], out_positions)
-    # One kernel (K = 1, the static twin of a dynamic network): the sum is a single ordinary
-    # convolution scaled by a, which per-image kernels could only make slower. Otherwise the
-    # brief's formula is itself the fastest choice for some shapes ("sum").
-    if method == "sum" or weight.shape[0] == 1:
+    if method == "sum":  # the brief's formula is itself the fastest choice for this shape
         return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     # Under autocast, cast here (differentiably) so the function computes in one dtype; the
     # function itself runs with autocast off, forward and backward, on every device.
