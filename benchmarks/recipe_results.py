@@ -69,6 +69,13 @@ def pct(value: float) -> str:
     return f"{100 * value:.2f}%"
 
 
+def recipe_label(runs: list[RunRecord]) -> str:
+    """The config file a recipe was trained from (its command's first argument), else its model."""
+    words = environment(runs[0]).get("command", "").split()
+    configs = [w for w in words if w.endswith(".toml")]
+    return Path(configs[0]).stem if configs else str(runs[0].config.get("model.name", "?"))
+
+
 def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
     runs = sorted(runs, key=lambda r: r.config.get("train.seed", 0))
     envs = [environment(r) for r in runs]
@@ -84,7 +91,7 @@ def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
     seconds = [r.summary["train_seconds"] for r in runs]
     dates = sorted(e.get("date", "?")[:16].replace("T", " ") for e in envs)
     return {
-        "recipe": runs[0].config.get("model.name", "?"),
+        "recipe": recipe_label(runs),
         "test accuracy": (
             f"**{pct(mean)} +- {pct(std)}** (n = {len(runs)}: "
             + ", ".join(pct(v) for v in test)
@@ -140,13 +147,6 @@ def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def recipe_label(runs: list[RunRecord]) -> str:
-    """The config file a recipe was trained from (its command's first argument), else its model."""
-    words = environment(runs[0]).get("command", "").split()
-    configs = [w for w in words if w.endswith(".toml")]
-    return Path(configs[0]).stem if configs else str(runs[0].config.get("model.name", "?"))
 
 
 def plot_minutes(
