@@ -14,6 +14,8 @@ target: fast <= 1.3x). The dynamic layers include their mixing (pool, linear, so
     python benchmarks/dynconv_layer.py                        # CUDA if available, else CPU
     python benchmarks/dynconv_layer.py --device cuda --amp    # bf16 autocast, as training
     python benchmarks/dynconv_layer.py --device cpu --threads 1 --clock cpu   # on a busy CPU
+    python benchmarks/dynconv_layer.py --config configs/cifar10-dynconv-cpu.toml --device cpu \
+        --amp --channels-last --batch 128        # as the CPU recipe trains: bf16, NHWC
 """
 
 from __future__ import annotations
@@ -31,10 +33,11 @@ from _report import LoadMeter, Report
 from tinyvision.config import load_config
 from tinyvision.models import create_model
 from tinyvision.models.dynconv import DynamicConv2d
+from tinyvision.ops import dynamic_conv
 from tinyvision.ops.dynamic_conv import choose_method
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("grouped", "hybrid", "bmm")
+METHODS = ("grouped", "hybrid", "bmm", "nhwc")
 CPU_DEFAULT_BATCH = 64  # the recipe's batch of 512 takes minutes per shape on a small CPU
 
 
@@ -96,8 +99,12 @@ def bench_shape(
     shape: tuple[int, ...], batch: int, device: torch.device, args: argparse.Namespace
 ) -> dict[str, float]:
     d_in, d_out, height, width, kernel, stride, padding, num_kernels = shape
-    x = torch.randn(batch, d_in, height, width, device=device, requires_grad=True)
-    weight = torch.randn(d_out, d_in, kernel, kernel, device=device, requires_grad=True)
+    # Channels-last as the engine feeds convolutions (a leaf in that layout, then grad on).
+    layout = torch.channels_last if args.channels_last else torch.contiguous_format
+    x = torch.randn(batch, d_in, height, width, device=device).contiguous(memory_format=layout)
+    weight = torch.randn(d_out, d_in, kernel, kernel, device=device)
+    x.requires_grad_()
+    weight = weight.contiguous(memory_format=layout).requires_grad_()
     layer = DynamicConv2d(
         d_in, d_out, num_kernels=num_kernels, kernel_size=kernel, stride=stride, padding=padding
     ).to(device)
@@ -163,7 +170,16 @@ def main(argv: list[str] | None = None) -> None:
         default="wall",
         help="cpu: this process's CPU time, for a busy shared CPU (with --threads 1)",
     )
-    parser.add_argument("--amp", action="store_true", help="bf16 autocast, as training on CUDA")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast, as train.precision=bf16")
+    parser.add_argument(
+        "--channels-last", action="store_true", help="NHWC inputs, as the engine trains convs"
+    )
+    parser.add_argument(
+        "--nhwc-group",
+        type=int,
+        default=dynamic_conv.NHWC_GROUP,
+        help="images per grouped convolution of the nhwc method [%(default)s]",
+    )
     parser.add_argument("--out", type=Path, default=None, help="append the table to this file")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -171,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--clock cpu measures CPU work: use it with --device cpu")
     if args.threads:
         torch.set_num_threads(args.threads)
+    dynamic_conv.NHWC_GROUP = args.nhwc_group  # the method reads it at every call
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the engine does
     config = load_config(args.config)
@@ -200,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
                     str(count),
                     f"{result['conv'] * 1e3:.1f}",
                     *(f"{result[n]:.2f}" for n in names),
-                    choose_method(device.type, d_in, out_positions),
+                    choose_method(device.type, d_in, out_positions, args.channels_last),
                 ]
             )
             print(" | ".join(rows[-1]), flush=True)
@@ -210,7 +227,9 @@ def main(argv: list[str] | None = None) -> None:
         f"Dynamic-conv layer vs one conv2d, forward + backward ({args.config.name})",
         device,
         context=[
-            f"batch {batch}{note}; {'bf16 autocast' if args.amp else 'float32'}; {clock}; "
+            f"batch {batch}{note}; {'bf16 autocast' if args.amp else 'float32'}; "
+            f"{'channels-last' if args.channels_last else 'channels-first'}; {clock}; "
+            f"nhwc method: {args.nhwc_group} images per grouped convolution; "
             f"{args.repeats} rounds of every variant in turn after {args.warmup} warm-up runs",
             load.describe(),
         ],

@@ -70,10 +70,24 @@ def pct(value: float) -> str:
 
 
 def recipe_label(runs: list[RunRecord]) -> str:
-    """The config file a recipe was trained from (its command's first argument), else its model."""
+    """The config file a recipe was trained from (its command's first argument), else its model,
+    followed by the command's overrides that change what is trained (a static twin's
+    ``model.num_kernels=1``), so two recipes from one config file keep apart."""
     words = environment(runs[0]).get("command", "").split()
     configs = [w for w in words if w.endswith(".toml")]
-    return Path(configs[0]).stem if configs else str(runs[0].config.get("model.name", "?"))
+    label = Path(configs[0]).stem if configs else str(runs[0].config.get("model.name", "?"))
+    overrides = [w.strip("'\"") for w in words if "=" in w and not w.startswith("-")]
+    changes = [w for w in overrides if w.partition("=")[0] not in NOT_THE_RECIPE]
+    return " ".join([label, *changes])
+
+
+def threads_label(groups: list[list[RunRecord]]) -> str:
+    """How many CPU threads the runs trained with, for an axis: minutes depend on it."""
+    threads = {environment(run).get("torch_threads") for runs in groups for run in runs}
+    if len(threads) != 1 or None in threads:
+        return "mixed or unknown CPU threads"
+    (count,) = threads
+    return f"{count} CPU thread{'s' if count != 1 else ''}"
 
 
 def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
@@ -136,7 +150,7 @@ def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
                 color=line.get_color(),
                 label=f"train, seed {seed}",
             )
-        ax.set_title(f"{runs[0].config.get('model.name')} on {runs[0].config.get('data.dataset')}")
+        ax.set_title(f"{recipe_label(runs)} on {runs[0].config.get('data.dataset')}", fontsize=9)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
@@ -152,7 +166,7 @@ def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
 def plot_minutes(
     groups: list[list[RunRecord]], anchors: list[tuple[str, float]], path: Path
 ) -> None:
-    """Test accuracy against minutes of training: what a student with one CPU core waits for."""
+    """Test accuracy against minutes of training: what a student with a laptop waits for."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -187,7 +201,7 @@ def plot_minutes(
             fontsize=7,
         )
         lowest = min(lowest, value)
-    ax.set_xlabel("minutes of training (one CPU thread)")
+    ax.set_xlabel(f"minutes of training ({threads_label(groups)})")
     ax.set_ylabel("test accuracy (%)")
     ax.set_ylim(lowest - 1.5, None)
     ax.grid(alpha=0.3)

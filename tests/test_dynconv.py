@@ -14,7 +14,7 @@ from tinyvision.models.dynconv import DynamicConv2d
 from tinyvision.ops.dynamic_conv import dynamic_conv2d
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-METHODS = ["grouped", "hybrid", "bmm"]
+METHODS = ["grouped", "hybrid", "bmm", "nhwc"]
 DOUBLE = torch.float64
 
 
@@ -104,6 +104,7 @@ def test_fast_chunks_the_batch_without_changing_the_result(monkeypatch):
         whole = dynamic_conv2d(x, a, weight, padding=1, impl="fast", method=method)
         grads = torch.autograd.grad(whole.sum(), (x, a, weight))
         monkeypatch.setitem(dynamic_conv.CHUNK_BYTES, "cpu", 1)  # one image per chunk
+        monkeypatch.setattr(dynamic_conv, "NHWC_GROUP", 2)  # groups of 2, 2 and 1 images
         chunked = dynamic_conv2d(x, a, weight, padding=1, impl="fast", method=method)
         torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-12)
         for g, e in zip(torch.autograd.grad(chunked.sum(), (x, a, weight)), grads, strict=True):
@@ -131,6 +132,34 @@ def test_one_kernel_is_one_ordinary_convolution(monkeypatch):
     torch.testing.assert_close(  # softmax over one kernel: a = 1, the plain convolution
         softmax_layer(x), F.conv2d(x, softmax_layer.weight[0], padding=1), rtol=1e-12, atol=1e-12
     )
+
+
+def test_static_twin_layer_is_a_plain_convolution_without_gate():
+    """Softmax over K = 1 is a = 1 for every image: the layer skips the gate (no gradient)."""
+    torch.manual_seed(0)
+    layer = DynamicConv2d(4, 6, num_kernels=1, bias=True).double()
+    x = torch.randn(3, 4, 8, 8, dtype=DOUBLE)
+    out = layer(x)
+    torch.testing.assert_close(
+        out, F.conv2d(x, layer.weight[0], layer.bias[0], padding=1), rtol=1e-12, atol=1e-12
+    )
+    out.sum().backward()
+    assert layer.weight.grad is not None
+    assert all(p.grad is None for p in layer.mixing.parameters())
+    sigmoid = DynamicConv2d(4, 6, num_kernels=1, gate="sigmoid").double()
+    a = torch.sigmoid(sigmoid.mixing.proj(x.mean(dim=(2, 3))))  # not constant: kept
+    torch.testing.assert_close(
+        sigmoid(x), a[:, :, None, None] * F.conv2d(x, sigmoid.weight[0], padding=1)
+    )
+
+
+def test_cpu_channels_last_inputs_take_the_nhwc_method():
+    from tinyvision.ops.dynamic_conv import choose_method
+
+    assert choose_method("cpu", 64, 16 * 16, channels_last=True) == "nhwc"
+    assert choose_method("cpu", 3, 32 * 32, channels_last=True) == "nhwc"
+    assert choose_method("cpu", 128, 8 * 8, channels_last=True) == "sum"
+    assert choose_method("cpu", 64, 16 * 16) == "grouped"  # channels-first: as measured before
 
 
 @pytest.mark.parametrize("impl", ["naive", "fast"])

@@ -357,6 +357,32 @@ def test_dynamic_conv_model_with_plain_convs_trains_channels_last(tiny_config, m
     assert dynamic and all(d.weight.is_contiguous() for d in dynamic)  # 5-D, left as it was
 
 
+def test_all_dynamic_conv_model_gets_channels_last_batches_on_the_cpu(tiny_config, monkeypatch):
+    """Brief B's network without one nn.Conv2d still trains channels-last under "auto": its
+    dynamic convolutions compute NHWC on the CPU (method "nhwc")."""
+    import tinyvision.engine
+
+    real_create_model = tinyvision.engine.create_model
+    layouts = []
+
+    def recording_model(*args, **kwargs):
+        model = real_create_model(*args, **kwargs)
+        for conv in model.modules():
+            if isinstance(conv, DynamicConv2d) and conv.in_chans > 1:
+                conv.register_forward_pre_hook(
+                    lambda module, inputs: layouts.append(
+                        "nhwc" if not inputs[0].is_contiguous() else "nchw"
+                    )
+                )
+        return model
+
+    monkeypatch.setattr(tinyvision.engine, "create_model", recording_model)
+    dynconv = 'model={name="dynconv", stem_width=4, widths=[4, 4], strides=[2, 2]}'
+    result = train(tiny_config(dynconv, "train.epochs=1"))
+    assert math.isfinite(result.summary["final_test_loss"])
+    assert layouts and set(layouts) == {"nhwc"}
+
+
 def test_ema_decay_warms_up_with_the_step_count():
     """Update n uses min(decay, (1 + n) / (10 + n)): the first updates follow the weights."""
     from tinyvision.engine import make_ema

@@ -1,6 +1,7 @@
 """benchmarks/recipe_results.py: runs that differ only in their seed become one results row."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -59,3 +60,20 @@ def test_the_command_of_a_row_has_placeholders_for_the_seed_and_the_seeded_run_n
         "tinyvision train configs/fmnist-resmlp.toml --seed SEED --out runs/r "
         "'train.name=\"fmnist-resmlp-seedSEED\"' train.threads=1"
     )
+
+
+def test_a_recipe_label_keeps_the_overrides_that_change_what_is_trained(tmp_path):
+    spec = importlib.util.spec_from_file_location("recipe_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    command = (
+        "tinyvision train configs/cifar10-dynconv-cpu.toml --seed 1 --out runs "
+        "'train.name=\"x-seed1\"' data.data_dir=/d data.verify=false train.threads=2 "
+        "model.num_kernels=1 train.epochs=9"
+    )
+    environment = {"command": command, "torch_threads": 2}
+    (tmp_path / "environment.json").write_text(json.dumps(environment))
+    run = module.RunRecord(name="x", path=tmp_path, config={}, metrics=[], summary={})
+    # The static twin and a shortened run stay apart from the recipe; bookkeeping does not show.
+    assert module.recipe_label([run]) == "cifar10-dynconv-cpu model.num_kernels=1 train.epochs=9"
+    assert module.threads_label([[run]]) == "2 CPU threads"

@@ -11,6 +11,7 @@ from torch import nn
 from tinyvision.errors import ConfigError
 from tinyvision.models import create_model
 from tinyvision.models.densenet import dense_block_answers
+from tinyvision.models.dynconv import DynamicConv2d
 from tinyvision.summary import summarize, summary_text
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -109,6 +110,19 @@ def test_densenet_rows_show_shapes() -> None:
     assert row(summary, "features.block1").output_shape == (40, 14, 14)
     assert row(summary, "features.block2.layer3").output_shape == (12, 7, 7)
     assert row(summary, "stem.conv").macs == 28 * 28 * 4 * 1 * 9
+
+
+@pytest.mark.parametrize("num_kernels", [1, 2, 4])
+def test_dynamic_conv_macs(num_kernels: int) -> None:
+    # Brief B's layer: the per-image kernel mix plus one convolution, and the gate's linear map
+    # (d -> K) on its own row; one kernel is a plain convolution (no mix, no gate is run).
+    layer = DynamicConv2d(3, 8, num_kernels=num_kernels, stride=2)
+    summary = summarize(layer, (3, 10, 10))
+    conv = 5 * 5 * 8 * 3 * 9
+    mix = num_kernels * 8 * 3 * 9 if num_kernels > 1 else 0
+    gate = 3 * num_kernels if num_kernels > 1 else 0
+    assert row(summary, "").macs == conv + mix
+    assert summary.total_macs == conv + mix + gate
 
 
 @pytest.mark.parametrize("k", [4, 12, 32])

@@ -92,7 +92,7 @@ class TrainConfig(Section):
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA
     # The fast path. Neither setting changes what the model computes beyond floating-point
     # rounding. compile: torch.compile the model ("auto" = on with CUDA). channels_last: NHWC
-    # memory layout for models with nn.Conv2d layers ("auto" = on with CUDA and on a CPU).
+    # memory layout for models with convolutions ("auto" = on with CUDA and on a CPU).
     compile: Literal["auto", "on", "off"] = "auto"
     channels_last: Literal["auto", "on", "off"] = "auto"
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)

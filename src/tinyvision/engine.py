@@ -43,6 +43,7 @@ from tinyvision.errors import TinyVisionError, WriteError
 from tinyvision.lock import holding_locks, lock_run
 from tinyvision.loop import TRAIN_ACC_MEANING, Loop, evaluate
 from tinyvision.models import create_model
+from tinyvision.models.dynconv import DynamicConv2d
 from tinyvision.optim import build_optimizer, build_scheduler
 from tinyvision.resume import plural, prepare_resume, write_failure
 from tinyvision.runs import RunFolder, environment
@@ -77,11 +78,12 @@ def build_model(
     ).to(device)
     # NHWC is the layout both cuDNN and oneDNN (x86 CPUs) convolve fastest; on the project's
     # 2-core CPU it made the DenseNet recipe's epochs about 1.37x faster (docs/benchmarks.md,
-    # "Channels-last on the CPU").
+    # "Channels-last on the CPU"); brief B's dynamic convolutions compute channels-last on the
+    # CPU (ops/dynamic_conv.py, method "nhwc").
     setting = config.train.channels_last
     channels_last = (
         setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
-    ) and any(isinstance(m, nn.Conv2d) for m in model.modules())
+    ) and any(isinstance(m, (nn.Conv2d, DynamicConv2d)) for m in model.modules())
     if channels_last:
         model = convs_to_channels_last(model)
     return model, channels_last

@@ -32,6 +32,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from torch import nn
 
@@ -53,7 +54,7 @@ class DynConvConfig(BaseModel):
     impl: Impl = "auto"  # naive = K convs and the sum; fast/auto = per fast_method
     # How the fast path computes (per-image kernels, or "sum" of K convs); auto = the measured
     # choice per device and layer shape.
-    fast_method: Literal["auto", "grouped", "hybrid", "bmm", "sum"] = "auto"
+    fast_method: Literal["auto", "grouped", "hybrid", "bmm", "nhwc", "sum"] = "auto"
     # The network: a stem block, then stages of blocks with one width each.
     stem: Literal["dynamic", "plain"] = "dynamic"  # plain = an ordinary conv (an extra)
     stem_width: PositiveInt = 32
@@ -193,7 +194,22 @@ class DynamicConv2d(nn.Module):
         if self.bias is not None:
             nn.init.zeros_(self.bias)
 
+    def macs(self, x: torch.Tensor, out: torch.Tensor) -> int:
+        """Multiply-accumulates of one call (for the model summary): each image's kernel
+        sum_k a_k W_k (K d' d k^2 an image; none for one kernel, which is W_1 itself) and the
+        convolution with it. The gate's linear map counts on its own row; how the fast path
+        computes (e.g. K convolutions and a sum) does not change what the layer is."""
+        kernel = self.in_chans * self.kernel_size**2
+        per_image = self.num_kernels * self.out_chans * kernel if self.num_kernels > 1 else 0
+        return out.numel() * kernel + x.shape[0] * per_image
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.num_kernels == 1 and self.mixing.gate == "softmax":
+            # The static twin: softmax over one kernel is exactly 1 for every image (and its
+            # gradient 0), so O = Conv_1(X), an ordinary convolution; skipping the pool, the
+            # gate and the product by 1 keeps the twin as fast as a plain CNN.
+            bias = None if self.bias is None else self.bias[0]
+            return F.conv2d(x, self.weight[0], bias, self.stride, self.padding)
         a = self.mixing(x)  # [B, K]
         return dynamic_conv2d(
             x,

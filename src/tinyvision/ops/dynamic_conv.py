@@ -28,6 +28,10 @@ Two implementations compute the same function:
                  own backward gives dX and G in one call
       "hybrid"   grouped conv for the forward and dX; G as one batched matmul over im2col
       "bmm"      im2col + batched matmul for all three (dX through col2im)
+      "nhwc"     channels-last: one grouped conv per few images (``NHWC_GROUP``) over a
+                 [1, g*d, H, W] channels-last view, forward and backward (dX and G in one
+                 call); the CPU's choice for channels-last inputs from 16x16 up, where oneDNN's
+                 NHWC convolutions are much faster than its channels-first grouped ones
       "sum"      no per-image kernels at all: the brief's sum of K convolutions (the naive
                  reference itself), K times the FLOPs of one convolution but none of the
                  per-image traffic; the fastest on 4x4 images (see the end), and always
@@ -54,16 +58,28 @@ import torch
 import torch.nn.functional as F
 
 Impl = Literal["naive", "fast", "auto"]
-Method = Literal["grouped", "hybrid", "bmm", "sum"]
+Method = Literal["grouped", "hybrid", "bmm", "nhwc", "sum"]
 
 # Bytes of per-image kernels (and, in backward, per-image weight gradients) per chunk of images.
 # CPU: small enough to stay in the last-level cache; GPU: large, only to bound memory.
 CHUNK_BYTES = {"cpu": 32 * 2**20, "cuda": 2 * 2**30}
+# Images per grouped convolution of the "nhwc" method: enough to amortise oneDNN's cost per call
+# (about 40-70 us, the per-image kernels' reorder included), few enough that a group's kernels
+# stay in the core's L2 cache. On the project's AVX2 machine 2, 4, 8 and 16 measured within the
+# run-to-run noise of each other (docs/benchmarks.md "Dynamic convolution, channels-last").
+NHWC_GROUP = 8
 
 
-def choose_method(device_type: str, in_chans: int, out_positions: int) -> Method:
-    """The fast path's per-image convolutions for this device and layer shape, as measured in
-    docs/benchmarks.md ("Dynamic-convolution layer")."""
+def choose_method(
+    device_type: str, in_chans: int, out_positions: int, channels_last: bool = False
+) -> Method:
+    """The fast path's per-image convolutions for this device, layout and layer shape, as
+    measured in docs/benchmarks.md ("Dynamic-convolution layer" and "Dynamic convolution,
+    channels-last")."""
+    if device_type == "cpu" and channels_last:
+        # oneDNN's NHWC convolutions: grouped over a few images from 16x16 up; below, the
+        # per-image kernels' traffic outweighs K times the FLOPs of one convolution.
+        return "nhwc" if out_positions >= 256 else "sum"
     if device_type != "cpu":
         # Not yet measured on a GPU: cuDNN's grouped conv avoids im2col's memory traffic in
         # forward and dX; G as a batched matmul avoids the grouped conv's weight gradient.
@@ -111,7 +127,11 @@ def dynamic_conv2d(
         out_positions = ((x.shape[2] + 2 * padding - weight.shape[3]) // stride + 1) * (
             (x.shape[3] + 2 * padding - weight.shape[4]) // stride + 1
         )
-        method = choose_method(x.device.type, x.shape[1], out_positions)
+        # An input that is NHWC-contiguous counts as channels-last even when it is NCHW-
+        # contiguous too (one channel, the stem on Fashion-MNIST): else the stem answers NCHW
+        # and every later layer of a channels-last network falls back to channels-first.
+        channels_last = x.is_contiguous(memory_format=torch.channels_last)
+        method = choose_method(x.device.type, x.shape[1], out_positions, channels_last)
     if method == "sum":  # the brief's formula is itself the fastest choice for this shape
         return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     # Under autocast, cast here (differentiably) so the function computes in one dtype; the
@@ -138,7 +158,10 @@ def _naive_dynamic_conv2d(
     out = None
     for k in range(weight.shape[0]):
         conv_k = F.conv2d(x, weight[k], None if bias is None else bias[k], stride, padding)
-        term = a[:, k, None, None, None] * conv_k  # a_k Conv_k(X), one a_k per image
+        # a_k Conv_k(X), one a_k per image. The convolution's output comes first and a_k in its
+        # dtype, so the product keeps the output's layout (channels-last) and precision (bf16
+        # under autocast); a_k * Conv_k(X) in float32 cost the static twin's step 2.3x.
+        term = conv_k * a[:, k].to(conv_k.dtype).view(-1, 1, 1, 1)
         out = term if out is None else out + term
     assert out is not None
     return out
@@ -157,12 +180,18 @@ class _DynamicConv2dFn(torch.autograd.Function):
         padding: int,
         method: Method,
     ) -> torch.Tensor:
+        ctx.conv = (stride, padding, method)
+        if method == "nhwc":
+            x = x.contiguous(memory_format=torch.channels_last)
+            with _autocast_off(x.device.type):
+                out = _nhwc_forward(x, a, weight, stride, padding)
+            ctx.save_for_backward(x, a, weight)
+            return out
         channels_last = _is_channels_last(x)
         x = x.contiguous()  # the per-image views below need NCHW
         with _autocast_off(x.device.type):
             out = _per_image_forward(x, a, weight, stride, padding, method)
         ctx.save_for_backward(x, a, weight)  # not Wb: B times the kernels, recomputed instead
-        ctx.conv = (stride, padding, method)
         return out.contiguous(memory_format=torch.channels_last) if channels_last else out
 
     @staticmethod
@@ -173,9 +202,31 @@ class _DynamicConv2dFn(torch.autograd.Function):
         stride, padding, method = ctx.conv
         need_x, need_a, need_w = ctx.needs_input_grad[:3]
         with _autocast_off(x.device.type):
-            grads = _per_image_backward(
-                grad_out.contiguous(), x, a, weight, stride, padding, method, need_x, need_a, need_w
-            )
+            if method == "nhwc":
+                grads = _nhwc_backward(
+                    grad_out.contiguous(memory_format=torch.channels_last),
+                    x,
+                    a,
+                    weight,
+                    stride,
+                    padding,
+                    need_x,
+                    need_a,
+                    need_w,
+                )
+            else:
+                grads = _per_image_backward(
+                    grad_out.contiguous(),
+                    x,
+                    a,
+                    weight,
+                    stride,
+                    padding,
+                    method,
+                    need_x,
+                    need_a,
+                    need_w,
+                )
         return (*grads, None, None, None)
 
 
@@ -324,6 +375,127 @@ def _per_image_backward(
             torch.mm(g, w_flat.t(), out=grad_a[part])  # da_bk = <G_b, W_k>
     if grad_w is not None:
         grad_w = grad_w.view(weight.shape).to(weight.dtype)
+    return grad_x, grad_a, grad_w
+
+
+def _to_groups(x_nhwc: torch.Tensor) -> torch.Tensor:
+    """[g, H, W, d] (channels-last images) -> a channels-last [1, g*d, H, W] copy, image-major
+    channels: the input of a grouped convolution with one group per image."""
+    g, height, width, d = x_nhwc.shape
+    return x_nhwc.permute(1, 2, 0, 3).reshape(1, height, width, g * d).permute(0, 3, 1, 2)
+
+
+def _from_groups(y: torch.Tensor, g: int) -> torch.Tensor:
+    """The inverse view: a channels-last [1, g*d, H, W] -> [g, H, W, d] (a strided view)."""
+    _, gd, height, width = y.shape
+    return y.permute(0, 2, 3, 1).reshape(height, width, g, gd // g).permute(2, 0, 1, 3)
+
+
+def _kernels_nhwc(weight: torch.Tensor) -> torch.Tensor:
+    """W_k flattened in channels-last order (d', ky, kx, d): [K, P]. Per-image kernels mixed from
+    it are channels-last grouped-conv weights without a copy, and oneDNN's weight gradients
+    (channels-last for channels-last inputs) are per-image rows in the same order."""
+    return weight.permute(0, 1, 3, 4, 2).reshape(weight.shape[0], -1)
+
+
+def _group_kernels(w_b: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Per-image kernels [g, P] (w_nhwc's order) as a channels-last grouped-conv weight
+    [g*d', d, k, k]: a view."""
+    _, d_out, d_in, kernel, _ = weight.shape
+    return w_b.view(w_b.shape[0] * d_out, kernel, kernel, d_in).permute(0, 3, 1, 2)
+
+
+def _groups(part: slice) -> Iterator[slice]:
+    """NHWC_GROUP images at a time within a chunk, as slices relative to the chunk."""
+    size = part.stop - part.start
+    for start in range(0, size, NHWC_GROUP):
+        yield slice(start, min(size, start + NHWC_GROUP))
+
+
+def _nhwc_forward(
+    x: torch.Tensor, a: torch.Tensor, weight: torch.Tensor, stride: int, padding: int
+) -> torch.Tensor:
+    """conv(X_b, Wb_b) for channels-last x, NHWC_GROUP images per grouped convolution."""
+    _, d_out, _, kernel, _ = weight.shape
+    batch, _, height, width = x.shape
+    out_h = (height + 2 * padding - kernel) // stride + 1
+    out_w = (width + 2 * padding - kernel) // stride + 1
+    w_nhwc = _kernels_nhwc(weight)
+    x_nhwc = x.permute(0, 2, 3, 1)  # a view: x is channels-last
+    out = x.new_empty(batch, out_h, out_w, d_out)  # NHWC, returned as a channels-last NCHW view
+    for chunk in _chunks(batch, weight, w_nhwc.shape[1]):
+        # Every kernel of the chunk in one matrix product (one call, all threads), then the
+        # chunk's images NHWC_GROUP at a time.
+        w_chunk = torch.mm(a[chunk], w_nhwc)  # Wb_b = sum_k a_bk W_k: [c, P]
+        x_chunk, out_chunk = x_nhwc[chunk], out[chunk]
+        for part in _groups(chunk):
+            g = part.stop - part.start
+            y = F.conv2d(
+                _to_groups(x_chunk[part]),
+                _group_kernels(w_chunk[part], weight),
+                None,
+                stride,
+                padding,
+                1,
+                g,
+            )
+            out_chunk[part] = _from_groups(y, g)
+    return out.permute(0, 3, 1, 2)
+
+
+def _nhwc_backward(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    a: torch.Tensor,
+    weight: torch.Tensor,
+    stride: int,
+    padding: int,
+    need_x: bool,
+    need_a: bool,
+    need_w: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """dX, da and dW for ``_nhwc_forward``: per group one grouped-conv backward gives dX and G;
+    per chunk one matrix product each mixes the kernels, gives dW and gives da."""
+    w_nhwc = _kernels_nhwc(weight)  # rows in (d', ky, kx, d) order, as G_b below
+    x_nhwc, go_nhwc = x.permute(0, 2, 3, 1), grad_out.permute(0, 2, 3, 1)
+    grad_x = torch.empty_like(x_nhwc) if need_x else None  # NHWC
+    grad_a = torch.empty_like(a) if need_a else None
+    acc_dtype = torch.promote_types(weight.dtype, torch.float32)
+    grad_w = torch.zeros(w_nhwc.shape, dtype=acc_dtype, device=x.device) if need_w else None
+    need_g = need_a or need_w
+    for chunk in _chunks(x.shape[0], weight, 2 * w_nhwc.shape[1]):
+        w_chunk = torch.mm(a[chunk], w_nhwc)  # Wb_b, recomputed: [c, P]
+        g_chunk = torch.empty_like(w_chunk) if need_g else None  # G_b = dL/dWb_b: [c, P]
+        x_chunk, go_chunk = x_nhwc[chunk], go_nhwc[chunk]
+        for part in _groups(chunk):
+            g = part.stop - part.start
+            gx, gw, _ = torch.ops.aten.convolution_backward(
+                _to_groups(go_chunk[part]),
+                _to_groups(x_chunk[part]),
+                _group_kernels(w_chunk[part], weight),
+                None,
+                [stride, stride],
+                [padding, padding],
+                [1, 1],
+                False,
+                [0, 0],
+                g,
+                [need_x, need_g, False],
+            )
+            if grad_x is not None:
+                grad_x[chunk][part] = _from_groups(gx, g)
+            if g_chunk is not None:  # oneDNN's channels-last gradient, rows in w_nhwc's order
+                g_chunk[part] = gw.permute(0, 2, 3, 1).reshape(g, -1)
+        if grad_w is not None:
+            grad_w += torch.mm(a[chunk].t(), g_chunk)  # dW_k = sum_b a_bk G_b
+        if grad_a is not None:
+            torch.mm(g_chunk, w_nhwc.t(), out=grad_a[chunk])  # da_bk = <G_b, W_k>
+    if grad_x is not None:
+        grad_x = grad_x.permute(0, 3, 1, 2)  # channels-last NCHW view
+    if grad_w is not None:
+        num_k, d_out, d_in, kernel, _ = weight.shape
+        grad_w = grad_w.view(num_k, d_out, kernel, kernel, d_in).permute(0, 1, 4, 2, 3)
+        grad_w = grad_w.contiguous().to(weight.dtype)
     return grad_x, grad_a, grad_w
 
 
