@@ -124,9 +124,8 @@ def dynamic_conv2d(
     if impl == "naive" or one_kernel or torch.jit.is_tracing() or torch.onnx.is_in_onnx_export():
         return _naive_dynamic_conv2d(x, a, weight, bias, stride, padding)
     if method is None:
-        out_positions = ((x.shape[2] + 2 * padding - weight.shape[3]) // stride + 1) * (
-            (x.shape[3] + 2 * padding - weight.shape[4]) // stride + 1
-        )
+        out_h, out_w = _output_size(x, weight.shape[3], stride, padding)
+        out_positions = out_h * out_w
         # An input that is NHWC-contiguous counts as channels-last even when it is NCHW-
         # contiguous too (one channel, the stem on Fashion-MNIST): else the stem answers NCHW
         # and every later layer of a channels-last network falls back to channels-first.
@@ -288,8 +287,7 @@ def _per_image_forward(
 ) -> torch.Tensor:
     num_k, d_out, d_in, kernel, _ = weight.shape
     batch, _, height, width = x.shape
-    out_h = (height + 2 * padding - kernel) // stride + 1
-    out_w = (width + 2 * padding - kernel) // stride + 1
+    out_h, out_w = _output_size(x, kernel, stride, padding)
     w_flat = weight.reshape(num_k, -1)  # [K, P], P = d' d k k
     out = x.new_empty(batch, d_out, out_h, out_w)
     # Per image: its kernel Wb_b, its output and, for the matmul, its im2col columns.
@@ -417,9 +415,8 @@ def _nhwc_forward(
 ) -> torch.Tensor:
     """conv(X_b, Wb_b) for channels-last x, NHWC_GROUP images per grouped convolution."""
     _, d_out, _, kernel, _ = weight.shape
-    batch, _, height, width = x.shape
-    out_h = (height + 2 * padding - kernel) // stride + 1
-    out_w = (width + 2 * padding - kernel) // stride + 1
+    batch = x.shape[0]
+    out_h, out_w = _output_size(x, kernel, stride, padding)
     w_nhwc = _kernels_nhwc(weight)
     x_nhwc = x.permute(0, 2, 3, 1)  # a view: x is channels-last
     out = x.new_empty(batch, out_h, out_w, d_out)  # NHWC, returned as a channels-last NCHW view
@@ -497,6 +494,14 @@ def _nhwc_backward(
         grad_w = grad_w.view(num_k, d_out, kernel, kernel, d_in).permute(0, 1, 4, 2, 3)
         grad_w = grad_w.contiguous().to(weight.dtype)
     return grad_x, grad_a, grad_w
+
+
+def _output_size(x: torch.Tensor, kernel: int, stride: int, padding: int) -> tuple[int, int]:
+    """H' and W' of a k x k convolution of ``x`` ([B, d, H, W]) with this stride and padding."""
+    height, width = x.shape[2:]
+    out_h = (height + 2 * padding - kernel) // stride + 1
+    out_w = (width + 2 * padding - kernel) // stride + 1
+    return out_h, out_w
 
 
 def _is_channels_last(x: torch.Tensor) -> bool:
