@@ -538,3 +538,59 @@ def test_bf16_on_a_cpu_trains_and_warns_only_without_bf16_instructions(
     emulated = [w for w in caught if "no bf16 instructions" in str(w.message)]
     assert len(emulated) == (0 if native else 1)
     assert result.summary["final_test_acc"] > 0.2  # bf16 autocast still learns the tiny set
+
+
+class _LeftHalfModel(torch.nn.Module):
+    """Logits from the left half of the image only: a mirror image gives other predictions."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = torch.nn.Linear(4 * 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x[..., :2].flatten(1))
+
+
+def test_evaluation_with_flip_tta_averages_the_softmax_of_image_and_mirror():
+    import contextlib
+
+    from tinyvision.data import DeviceLoader
+    from tinyvision.loop import evaluate
+
+    generator = torch.Generator().manual_seed(1)
+    images = torch.randint(0, 256, (50, 1, 4, 4), dtype=torch.uint8, generator=generator)
+    labels = torch.randint(0, 3, (50,), generator=generator)
+    loader = DeviceLoader(
+        images, labels, batch_size=16, mean=[0.5], std=[0.25], shuffle=False, drop_last=False
+    )
+    model = _LeftHalfModel()
+    plain = evaluate(model, loader, contextlib.nullcontext())
+    flip = evaluate(model, loader, contextlib.nullcontext(), tta="flip")
+    assert set(plain) == {"loss", "acc"} and set(flip) == {"loss", "acc", "loss_tta", "acc_tta"}
+    assert flip["acc"] == plain["acc"] and flip["loss"] == pytest.approx(plain["loss"])
+
+    x = (images.float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        probs = (model(x).softmax(1) + model(x.flip(-1)).softmax(1)) / 2
+    assert flip["acc_tta"] == pytest.approx((probs.argmax(1) == labels).float().mean().item())
+    assert flip["loss_tta"] == pytest.approx(F.nll_loss(probs.log(), labels).item(), rel=1e-5)
+    assert flip["acc_tta"] != plain["acc"]  # the mirror views did change predictions
+
+
+def test_a_run_with_eval_tta_logs_plain_and_averaged_accuracy_of_each_split(tiny_config):
+    result = train(tiny_config("data.val_size=100", 'train.eval_tta="flip"', "train.epochs=1"))
+    row = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[-1])
+    for split in ("val", "test"):
+        assert 0.0 <= row[f"{split}_acc_tta"] <= 1.0 and row[f"{split}_loss_tta"] > 0
+    assert result.summary["eval_tta"] == "flip"
+    assert result.summary["final_test_acc_tta"] == row["test_acc_tta"]
+    assert result.summary["final_val_acc_tta"] == row["val_acc_tta"]
+    plain = train(tiny_config("data.val_size=100", "train.epochs=1"))
+    assert plain.summary["final_test_acc"] == result.summary["final_test_acc"]  # same seed
+    assert plain.summary["final_test_acc_tta"] is None
+
+
+def test_an_unknown_eval_tta_is_a_config_error(tiny_config):
+    with pytest.raises(TinyVisionError, match="eval_tta"):
+        tiny_config('train.eval_tta="rotate"')

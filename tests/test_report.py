@@ -236,7 +236,7 @@ def test_durations_read_the_same_in_reports_and_compare_tables(seconds, long, co
 
 
 def test_tta_views_are_the_mirror_and_one_pixel_shifts_with_black_fill():
-    from tinyvision.evaluate import tta_views
+    from tinyvision.data import tta_views
 
     images = torch.arange(2 * 1 * 4 * 5, dtype=torch.float32).view(2, 1, 4, 5)
     fill = torch.full((1, 1, 1, 1), -7.0)

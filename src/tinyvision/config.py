@@ -98,6 +98,10 @@ class TrainConfig(Section):
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0)
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)  # 0 = no EMA of weights
     eval_every: PositiveInt = 1  # evaluate every N epochs (and always after the last)
+    # Test-time augmentation at each evaluation: the softmax averaged over the image and its
+    # mirror ("flip"), and their one-pixel shifts ("flip-shift"). The metrics keep the plain
+    # accuracy (val_acc, test_acc) and add the averaged one (val_acc_tta, test_acc_tta).
+    eval_tta: Literal["none", "flip", "flip-shift"] = "none"
     checkpoint_every_steps: NonNegativeInt = 0  # 0 = at the end of every epoch only
     deterministic: bool = False  # deterministic kernels (exact resume on CPU)
     threads: NonNegativeInt = 0  # CPU threads for torch; 0 = torch's default

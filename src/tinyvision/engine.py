@@ -373,13 +373,19 @@ def finish_run(
         "final_train_acc_is": TRAIN_ACC_MEANING,
         "final_val_acc": last.get("val_acc"),
         "best_val_acc": max((m["val_acc"] for m in metrics if "val_acc" in m), default=None),
+        "eval_tta": config.train.eval_tta,
+        "final_test_acc_tta": last.get("test_acc_tta"),
+        "final_val_acc_tta": last.get("val_acc_tta"),
         "train_seconds": last["elapsed_seconds"],
         "seed": config.train.seed,
         "run_dir": str(run.path),
     }
     run.write_json("summary.json", summary)
+    tta = ""
+    if summary["final_test_acc_tta"] is not None:
+        tta = f" ({summary['final_test_acc_tta']:.2%} with {summary['eval_tta']} test-time views)"
     print(
-        f"final test accuracy: {summary['final_test_acc']:.2%} after "
+        f"final test accuracy: {summary['final_test_acc']:.2%}{tta} after "
         f"{plural(summary['epochs'], 'epoch')}, {summary['train_seconds']:.0f}s (train accuracy "
         f"{summary['final_train_acc']:.2%}: {TRAIN_ACC_MEANING})\nrun folder: {run.path}"
     )

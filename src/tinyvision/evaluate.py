@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from tinyvision.config import Config
-from tinyvision.data import DeviceLoader, ImageDataset, load_dataset_for
+from tinyvision.data import DeviceLoader, ImageDataset, load_dataset_for, tta_views
 from tinyvision.device import autocast_for, resolve_device
 from tinyvision.errors import TinyVisionError, WriteError
 from tinyvision.models import create_model
@@ -95,30 +95,6 @@ def load_saved_model(run: RunFolder) -> tuple[nn.Module, dict[str, Any]]:
     )
     model.load_state_dict(saved["model"])
     return model.eval(), saved
-
-
-# Test-time augmentation: the views of an image whose predictions are averaged. Each mode undoes
-# an augmentation the model was trained with: "flip" suits training with augment.flip, "shift"
-# views (translations by one pixel, black fill) suit training with augment.crop_padding.
-TTA_MODES = ("none", "flip", "flip-shift")
-
-
-def tta_views(images: torch.Tensor, mode: str, fill: torch.Tensor) -> list[torch.Tensor]:
-    """``images`` [B, C, H, W] (normalised) and its test-time views: the mirror image for
-    "flip"; for "flip-shift" also both of them moved one pixel down-right and up-left, the
-    uncovered border filled with ``fill`` [1, C, 1, 1] (normalised black)."""
-    if mode not in TTA_MODES:
-        raise TinyVisionError(f"unknown test-time augmentation {mode!r}; choose one of {TTA_MODES}")
-    views = [images]
-    if mode in ("flip", "flip-shift"):
-        views.append(images.flip(-1))
-    if mode == "flip-shift":
-        h, w = images.shape[-2:]
-        for view in views[:2]:
-            padded = torch.nn.functional.pad(view - fill, (1, 1, 1, 1)) + fill
-            views.append(padded[..., :h, :w])  # content moved down-right by one pixel
-            views.append(padded[..., 2:, 2:])  # content moved up-left by one pixel
-    return views
 
 
 @torch.inference_mode()

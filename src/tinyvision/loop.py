@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 from tinyvision import distributed
 from tinyvision import tensorboard as tb_log
 from tinyvision.config import Config
-from tinyvision.data import DeviceLoader
+from tinyvision.data import DeviceLoader, tta_views
 from tinyvision.device import autocast_for
 from tinyvision.distributed import World
 from tinyvision.errors import TrainingError, TrainingInterrupted
@@ -200,9 +200,10 @@ class Loop:
         check_finite(torch.tensor(row["train_loss"]), p, epoch, config, world)
         if (epoch + 1) % config.train.eval_every == 0 or epoch + 1 == config.train.epochs:
             for split, loader in self.eval_loaders.items():
-                row[f"{split}_loss"], row[f"{split}_acc"] = evaluate(
-                    self.eval_model, loader, self.autocast, world
+                scores = evaluate(
+                    self.eval_model, loader, self.autocast, world, tta=config.train.eval_tta
                 )
+                row.update({f"{split}_{name}": value for name, value in scores.items()})
         row["epoch_seconds"] = time.perf_counter() - epoch_started
         row["elapsed_seconds"] = time.perf_counter() - self.started
         if world.is_main:
@@ -422,7 +423,10 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
     ]
     for split in ("val", "test"):
         if f"{split}_acc" in row:
-            parts.append(f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2%}")
+            part = f"{split} loss {row[f'{split}_loss']:.4f} acc {row[f'{split}_acc']:.2%}"
+            if f"{split}_acc_tta" in row:
+                part += f" (tta {row[f'{split}_acc_tta']:.2%})"
+            parts.append(part)
     parts.append(f"{row['epoch_seconds']:.1f}s")
     return " | ".join(parts)
 
@@ -436,18 +440,35 @@ def evaluate(
     loader: DeviceLoader,
     autocast: contextlib.AbstractContextManager,
     world: World = SINGLE_PROCESS,
-) -> tuple[float, float]:
+    tta: str = "none",
+) -> dict[str, float]:
     """Mean cross-entropy and accuracy over a whole split, in eval mode (summed over all
-    processes under torchrun)."""
+    processes under torchrun): ``{"loss", "acc"}``; with test-time augmentation ``tta`` (see
+    ``TTA_MODES``) also ``{"loss_tta", "acc_tta"}`` of the softmax averaged over the views."""
     was_training = model.training
     model.eval()
-    sums = torch.zeros(3, device=loader.device, dtype=torch.float64)  # loss, correct, count
+    # loss, correct, count, then the same two sums for the averaged views
+    sums = torch.zeros(5, device=loader.device, dtype=torch.float64)
     for images, labels in loader:
+        views = tta_views(images, tta, loader.shift.to(images.dtype))
         with autocast:
-            logits = model(images)
+            logits = model(views[0])  # the plain image first: its accuracy comes for free
         sums[0] += F.cross_entropy(logits.float(), labels, reduction="sum")
         sums[1] += (logits.argmax(1) == labels).sum()
         sums[2] += labels.shape[0]
+        if len(views) > 1:
+            probs = torch.softmax(logits.float(), dim=1)
+            for view in views[1:]:
+                with autocast:
+                    probs += torch.softmax(model(view).float(), dim=1)
+            probs /= len(views)
+            sums[3] += F.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+            sums[4] += (probs.argmax(1) == labels).sum()
     model.train(was_training)
-    loss_sum, correct, count = distributed.all_reduce_sum(sums, world).tolist()
-    return loss_sum / count, correct / count
+    loss_sum, correct, count, loss_sum_tta, correct_tta = distributed.all_reduce_sum(
+        sums, world
+    ).tolist()
+    scores = {"loss": loss_sum / count, "acc": correct / count}
+    if tta != "none":
+        scores.update(loss_tta=loss_sum_tta / count, acc_tta=correct_tta / count)
+    return scores

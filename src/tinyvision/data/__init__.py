@@ -29,7 +29,7 @@ from tinyvision.data.formats import (
     read_cifar_archive,
     read_maybe_gzip,
 )
-from tinyvision.data.loader import Augment, DeviceLoader
+from tinyvision.data.loader import TTA_MODES, Augment, DeviceLoader, tta_views
 from tinyvision.data.sources import DATASET_INFO, NOT_VERIFIED, DatasetInfo, Located
 from tinyvision.errors import DataError
 
@@ -38,6 +38,7 @@ if TYPE_CHECKING:  # the section is handed in: data never imports the config
 
 __all__ = [
     "DATASET_INFO",
+    "TTA_MODES",
     "Augment",
     "DatasetInfo",
     "DeviceLoader",
@@ -45,6 +46,7 @@ __all__ = [
     "load_dataset",
     "load_dataset_for",
     "split_validation",
+    "tta_views",
 ]
 
 

@@ -33,6 +33,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyvision.errors import DataError
+
 # Random erasing box, as in Zhong et al. 2017 and torchvision/timm: 2%-33% of the image area,
 # aspect ratio 0.3-3.3 (sampled log-uniformly so tall and wide boxes are equally likely).
 ERASE_AREA = (0.02, 1 / 3)
@@ -52,6 +54,30 @@ class Augment:
     @property
     def mixes(self) -> bool:
         return self.mixup_alpha > 0 or self.cutmix_alpha > 0
+
+
+# Test-time augmentation: the views of an image whose predictions are averaged. Each mode undoes
+# an augmentation the model was trained with: "flip" suits training with augment.flip, "shift"
+# views (translations by one pixel, black fill) suit training with augment.crop_padding.
+TTA_MODES = ("none", "flip", "flip-shift")
+
+
+def tta_views(images: torch.Tensor, mode: str, fill: torch.Tensor) -> list[torch.Tensor]:
+    """``images`` [B, C, H, W] (normalised) and its test-time views, the images themselves first:
+    the mirror image for "flip"; for "flip-shift" also both of them moved one pixel down-right
+    and up-left, the uncovered border filled with ``fill`` [1, C, 1, 1] (normalised black)."""
+    if mode not in TTA_MODES:
+        raise DataError(f"unknown test-time augmentation {mode!r}; choose one of {TTA_MODES}")
+    views = [images]
+    if mode in ("flip", "flip-shift"):
+        views.append(images.flip(-1))
+    if mode == "flip-shift":
+        h, w = images.shape[-2:]
+        for view in views[:2]:
+            padded = F.pad(view - fill, (1, 1, 1, 1)) + fill
+            views.append(padded[..., :h, :w])  # content moved down-right by one pixel
+            views.append(padded[..., 2:, 2:])  # content moved up-left by one pixel
+    return views
 
 
 class DeviceLoader:
