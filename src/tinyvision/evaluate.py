@@ -124,12 +124,11 @@ def evaluate_test_split(
         device=device,
         num_classes=len(dataset.classes),
     )
-    # Normalised black: the value the training crops padded with (black pixels, then normalised).
-    black = -torch.tensor(mean, device=device) / torch.tensor(std, device=device)
     predictions, confidence = [], []
     for images, _ in loader:
         with autocast or contextlib.nullcontext():
-            views = tta_views(images, tta, black.view(1, -1, 1, 1).to(images.dtype))
+            # loader.shift is normalised black: what the training crops padded with
+            views = tta_views(images, tta, loader.shift.to(images.dtype))
             probs = torch.stack([torch.softmax(model(v).float(), dim=1) for v in views]).mean(0)
         probs, predicted = probs.max(dim=1)
         predictions.append(predicted)
