@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import get_args
 
+from tinyvision.config import TTAMode
 from tinyvision.errors import TinyVisionError, TrainingInterrupted
 from tinyvision.version import __version__
 
@@ -146,7 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("run", help="a run folder")
     evaluate.add_argument(
-        "--tta", choices=["flip", "flip-shift"], default="flip", help="default: flip"
+        "--tta",
+        choices=[mode for mode in get_args(TTAMode) if mode != "none"],
+        default="flip",
+        help="default: flip",
     )
     evaluate.add_argument(
         "--device", help="evaluate here (default: the run's device if present, else the CPU)"

@@ -32,6 +32,11 @@ DEFAULT_MODEL = "mixer"
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+# Test-time augmentation modes, the one list of them (data.loader.tta_views makes the views, the
+# CLI's `evaluate --tta` offers those other than "none").
+TTAMode = Literal["none", "flip", "flip-shift"]
+
+
 class Section(BaseModel):
     # No setting has a use for NaN or infinity (TOML can write both): reject them here rather
     # than let an lr = inf reach the optimiser.
@@ -101,7 +106,7 @@ class TrainConfig(Section):
     # Test-time augmentation at each evaluation: the softmax averaged over the image and its
     # mirror ("flip"), and their one-pixel shifts ("flip-shift"). The metrics keep the plain
     # accuracy (val_acc, test_acc) and add the averaged one (val_acc_tta, test_acc_tta).
-    eval_tta: Literal["none", "flip", "flip-shift"] = "none"
+    eval_tta: TTAMode = "none"
     checkpoint_every_steps: NonNegativeInt = 0  # 0 = at the end of every epoch only
     deterministic: bool = False  # deterministic kernels (exact resume on CPU)
     threads: NonNegativeInt = 0  # CPU threads for torch; 0 = torch's default

@@ -28,11 +28,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import get_args
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from tinyvision.config import TTAMode
 from tinyvision.errors import DataError
 
 # Random erasing box, as in Zhong et al. 2017 and torchvision/timm: 2%-33% of the image area,
@@ -59,7 +61,7 @@ class Augment:
 # Test-time augmentation: the views of an image whose predictions are averaged. Each mode undoes
 # an augmentation the model was trained with: "flip" suits training with augment.flip, "shift"
 # views (translations by one pixel, black fill) suit training with augment.crop_padding.
-TTA_MODES = ("none", "flip", "flip-shift")
+TTA_MODES: tuple[str, ...] = get_args(TTAMode)
 
 
 def tta_views(images: torch.Tensor, mode: str, fill: torch.Tensor) -> list[torch.Tensor]:
