@@ -224,7 +224,7 @@ def train(
     except WriteError as err:  # disk full, folder read-only: say what is safe on disk
         raise write_failure(err) from None
     finally:
-        distributed.shutdown(world)
+        distributed.shutdown(world, finished=sys.exc_info()[0] is None)
 
 
 def _train(
