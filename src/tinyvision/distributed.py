@@ -70,7 +70,7 @@ def shutdown(world: World, *, finished: bool) -> None:
     """Leave the process group. ``finished``: this process got to the end without an error, so
     it first waits for the others. Without that wait, a process that tore down its gloo group
     while process 0 was still at work was sometimes aborted ("terminate called without an active
-    exception": 2 of 28 runs of tests/test_distributed.py alone, 2 of 3 runs of the whole suite
+    exception": 2 of 28 runs of tests/test_distributed.py alone, 2 of 4 runs of the whole suite
     on the project's 2-core machine, 2026-12-07). After an error there is no wait: the others
     may never arrive, and the error must not hang behind it."""
     if world.distributed and dist.is_initialized():
