@@ -21,6 +21,7 @@ import argparse
 import json
 import re
 import sys
+import textwrap
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -81,6 +82,24 @@ def recipe_label(runs: list[RunRecord]) -> str:
     return " ".join([label, *changes])
 
 
+def distinct_labels(groups: list[list[RunRecord]]) -> list[str]:
+    """``recipe_label`` of each group; where two groups share one (a config file edited between
+    runs: the same command trained another recipe), each label names the settings that differ,
+    up to three of them."""
+    labels = [recipe_label(runs) for runs in groups]
+    for label in {label for label in labels if labels.count(label) > 1}:
+        same = [i for i, other in enumerate(labels) if other == label]
+        configs = [groups[i][0].config for i in same]
+        keys = sorted(
+            {key for config in configs for key in config if key not in NOT_THE_RECIPE}
+            - {key for key in configs[0] if all(c.get(key) == configs[0][key] for c in configs)}
+        )
+        for i, config in zip(same, configs, strict=True):
+            shown = ", ".join(f"{key}={config.get(key)}" for key in keys[:3])
+            labels[i] = f"{label} ({shown})"
+    return labels
+
+
 def threads_label(groups: list[list[RunRecord]]) -> str:
     """How many CPU threads the runs trained with, for an axis: minutes depend on it."""
     threads = {environment(run).get("torch_threads") for runs in groups for run in runs}
@@ -90,22 +109,27 @@ def threads_label(groups: list[list[RunRecord]]) -> str:
     return f"{count} CPU thread{'s' if count != 1 else ''}"
 
 
-def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
+def recipe_row(runs: list[RunRecord], label: str) -> dict[str, str]:
     runs = sorted(runs, key=lambda r: r.config.get("train.seed", 0))
     envs = [environment(r) for r in runs]
     test = [r.summary["final_test_acc"] for r in runs]
     mean, std = mean_std(test)
-    tta = {}
+    tta: dict[str, list[float]] = {}
     for run in runs:
-        path = run.path / "evaluation.json"
+        views = {}  # mode -> this run's test accuracy with those views
+        if run.summary.get("final_test_acc_tta") is not None:  # the run's own (train.eval_tta)
+            views[run.summary["eval_tta"]] = run.summary["final_test_acc_tta"]
+        path = run.path / "evaluation.json"  # written by `tinyvision evaluate --tta MODE`
         if path.exists():
             for key, value in json.loads(path.read_text()).items():
                 if key.startswith("test_acc_tta_"):
-                    tta.setdefault(key.removeprefix("test_acc_tta_"), []).append(value)
+                    views[key.removeprefix("test_acc_tta_")] = value
+        for mode, value in views.items():
+            tta.setdefault(mode, []).append(value)
     seconds = [r.summary["train_seconds"] for r in runs]
     dates = sorted(e.get("date", "?")[:16].replace("T", " ") for e in envs)
     return {
-        "recipe": recipe_label(runs),
+        "recipe": label,
         "test accuracy": (
             f"**{pct(mean)} +- {pct(std)}** (n = {len(runs)}: "
             + ", ".join(pct(v) for v in test)
@@ -129,7 +153,7 @@ def recipe_row(runs: list[RunRecord]) -> dict[str, str]:
     }
 
 
-def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
+def plot_curves(groups: list[list[RunRecord]], labels: list[str], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -137,24 +161,29 @@ def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(1, len(groups), figsize=(5.5 * len(groups), 4), squeeze=False)
-    for ax, runs in zip(axes[0], groups, strict=True):
+    for ax, runs, label in zip(axes[0], groups, labels, strict=True):
         for run in sorted(runs, key=lambda r: r.config.get("train.seed", 0)):
             seed = run.config.get("train.seed", 0)
-            epochs = [m["epoch"] for m in run.metrics]
-            (line,) = ax.plot(epochs, [100 * m["test_acc"] for m in run.metrics])
+            # With train.eval_every > 1 only some epochs have a test accuracy; all have a train one.
+            evaluated = [m for m in run.metrics if "test_acc" in m]
+            (line,) = ax.plot(
+                [m["epoch"] for m in evaluated], [100 * m["test_acc"] for m in evaluated]
+            )
             line.set_label(f"test, seed {seed}")
             ax.plot(
-                epochs,
+                [m["epoch"] for m in run.metrics],
                 [100 * m["train_acc"] for m in run.metrics],
                 linestyle="--",
                 color=line.get_color(),
                 label=f"train, seed {seed}",
             )
-        ax.set_title(f"{recipe_label(runs)} on {runs[0].config.get('data.dataset')}", fontsize=9)
+        title = f"{label} on {runs[0].config.get('data.dataset')}"
+        ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)  # long labels stay apart
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("accuracy (%)")
-        later = [100 * m["test_acc"] for r in runs for m in r.metrics[1:]] or [0.0]
+        later = [100 * m["test_acc"] for r in runs for m in r.metrics[1:] if "test_acc" in m]
+        later = later or [0.0]
         ax.set_ylim(max(0.0, min(later) - 3), 100)  # the first epoch would squash the rest
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -164,7 +193,10 @@ def plot_curves(groups: list[list[RunRecord]], path: Path) -> None:
 
 
 def plot_minutes(
-    groups: list[list[RunRecord]], anchors: list[tuple[str, float]], path: Path
+    groups: list[list[RunRecord]],
+    labels: list[str],
+    anchors: list[tuple[str, float]],
+    path: Path,
 ) -> None:
     """Test accuracy against minutes of training: what a student with a laptop waits for."""
     import matplotlib
@@ -174,14 +206,14 @@ def plot_minutes(
 
     fig, ax = plt.subplots(figsize=(8, 5))
     lowest = 100.0
-    for index, runs in enumerate(groups):
+    for index, (runs, recipe) in enumerate(zip(groups, labels, strict=True)):
         color = f"C{index}"
         for n, run in enumerate(sorted(runs, key=lambda r: r.config.get("train.seed", 0))):
             rows = [m for m in run.metrics if "test_acc" in m]
             minutes = [m["elapsed_seconds"] / 60 for m in rows]
             accuracy = [100 * m["test_acc"] for m in rows]
             lowest = min(lowest, *accuracy[len(accuracy) // 4 :])  # the late part sets the scale
-            label = f"{recipe_label(runs)} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
+            label = f"{recipe} ({len(runs)} seed{'s' if len(runs) > 1 else ''})"
             ax.plot(minutes, accuracy, color=color, alpha=0.8, label=label if n == 0 else None)
     styles = ["--", ":", "-.", (0, (5, 5))] * 4
     for index, ((name, value), style) in enumerate(zip(anchors, styles, strict=False)):
@@ -240,17 +272,19 @@ def main() -> int:
     groups: dict[str, list[RunRecord]] = {}
     for run in finished:
         groups.setdefault(recipe_key(run), []).append(run)
-    rows = [recipe_row(runs) for runs in groups.values()]
+    recipes = list(groups.values())
+    labels = distinct_labels(recipes)
+    rows = [recipe_row(runs, label) for runs, label in zip(recipes, labels, strict=True)]
     columns = list(rows[0])
     print("| " + " | ".join(columns) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
         print("| " + " | ".join(row[c] for c in columns) + " |")
     if args.curves:
-        plot_curves(list(groups.values()), args.curves)
+        plot_curves(recipes, labels, args.curves)
         print(f"\ncurves: {args.curves}")
     if args.minutes:
-        plot_minutes(list(groups.values()), args.anchor, args.minutes)
+        plot_minutes(recipes, labels, args.anchor, args.minutes)
         print(f"\naccuracy against minutes: {args.minutes}")
     return 0
 

@@ -77,3 +77,54 @@ def test_a_recipe_label_keeps_the_overrides_that_change_what_is_trained(tmp_path
     # The static twin and a shortened run stay apart from the recipe; bookkeeping does not show.
     assert module.recipe_label([run]) == "cifar10-dynconv-cpu model.num_kernels=1 train.epochs=9"
     assert module.threads_label([[run]]) == "2 CPU threads"
+
+
+def test_a_run_evaluated_every_second_epoch_with_views_gets_its_views_column_and_curves(
+    tiny_config, tmp_path
+):
+    result = train(
+        tiny_config(
+            "train.report=false", "train.epochs=3", "train.eval_every=2", "train.eval_tta=flip"
+        )
+    )
+    first = json.loads((result.run_dir / "metrics.jsonl").read_text().splitlines()[0])
+    assert "test_acc" not in first  # epoch 1 was not evaluated
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(tmp_path / "runs"),
+            "--curves",
+            str(tmp_path / "c.png"),
+            "--minutes",
+            str(tmp_path / "m.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    ).stdout
+    (row,) = [line for line in out.splitlines() if line.startswith("| mixer")]
+    assert f"flip: {100 * result.summary['final_test_acc_tta']:.2f}% (n = 1)" in row
+    assert (tmp_path / "c.png").stat().st_size > 0
+    assert (tmp_path / "m.png").stat().st_size > 0
+
+
+def test_two_recipes_trained_by_one_command_are_labelled_by_the_settings_that_differ(tmp_path):
+    spec = importlib.util.spec_from_file_location("recipe_results", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    command = "tinyvision train configs/cifar10-dynconv-cpu.toml --seed 0 train.threads=2"
+    (tmp_path / "environment.json").write_text(json.dumps({"command": command}))
+
+    def run(depths: list[int], epochs: int) -> object:
+        config = {"model.depths": depths, "train.epochs": epochs, "optim.lr": 0.1}
+        return module.RunRecord(name="x", path=tmp_path, config=config, metrics=[], summary={})
+
+    groups = [[run([5, 1], 24)], [run([2, 1], 34)], [run([2, 1], 34)]]
+    labels = module.distinct_labels(groups[:2])
+    assert labels == [
+        "cifar10-dynconv-cpu (model.depths=[5, 1], train.epochs=24)",
+        "cifar10-dynconv-cpu (model.depths=[2, 1], train.epochs=34)",
+    ]
+    assert module.distinct_labels(groups[:1]) == ["cifar10-dynconv-cpu"]
