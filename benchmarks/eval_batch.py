@@ -16,37 +16,35 @@ and the speed relative to the config's own ``eval_batch_size``.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 from pathlib import Path
 
 import torch
 from _report import LoadMeter, Report, median
 from cpu_fast_path import SHAPES, build_model
-from torch import nn
 
 from tinyvision.config import load_config
-from tinyvision.device import convs_to_channels_last
-from tinyvision.models.dynconv import DynamicConv2d
+from tinyvision.device import autocast_for, convs_to_channels_last
+from tinyvision.engine import channels_last_for
 
 
 def measure(config_path: Path, args: argparse.Namespace) -> list[list[str]]:
     config = load_config(config_path)
     model = build_model(config).eval()
     images = torch.randn(args.images, *SHAPES[config.data.dataset])
+    # The layout and precision the engine would choose for this config on the CPU.
+    cpu = torch.device("cpu")
     layout = "channels-first"
-    # As the engine decides on a CPU: "auto" and "on" are channels-last for conv models.
-    has_convs = any(isinstance(m, (nn.Conv2d, DynamicConv2d)) for m in model.modules())
-    if config.train.channels_last != "off" and has_convs:
+    if channels_last_for(config, cpu, model):
         model = convs_to_channels_last(model)
         images = images.contiguous(memory_format=torch.channels_last)
         layout = "channels-last"
-    bf16 = config.train.precision == "bf16"  # "auto" is fp32 on a CPU
+    autocast = autocast_for(config, cpu)
+    bf16 = isinstance(autocast, torch.autocast)
     own = config.data.eval_batch_size
     batches = sorted({*args.batches, own}, reverse=True)
 
     def evaluate(batch: int) -> None:
-        autocast = torch.autocast("cpu", torch.bfloat16) if bf16 else contextlib.nullcontext()
         with torch.inference_mode(), autocast:
             for start in range(0, len(images), batch):
                 model(images[start : start + batch])

@@ -121,8 +121,8 @@ def test_two_recipes_trained_by_one_command_are_labelled_by_the_settings_that_di
         config = {"model.depths": depths, "train.epochs": epochs, "optim.lr": 0.1}
         return module.RunRecord(name="x", path=tmp_path, config=config, metrics=[], summary={})
 
-    groups = [[run([5, 1], 24)], [run([2, 1], 34)], [run([2, 1], 34)]]
-    labels = module.distinct_labels(groups[:2])
+    groups = [[run([5, 1], 24)], [run([2, 1], 34)]]
+    labels = module.distinct_labels(groups)
     assert labels == [
         "cifar10-dynconv-cpu (model.depths=[5, 1], train.epochs=24)",
         "cifar10-dynconv-cpu (model.depths=[2, 1], train.epochs=34)",

@@ -76,17 +76,24 @@ def build_model(
         image_size=dataset.image_size,
         **config.model_params,
     ).to(device)
-    # NHWC is the layout both cuDNN and oneDNN (x86 CPUs) convolve fastest; on the project's
-    # 2-core CPU it made the DenseNet recipe's epochs about 1.37x faster (docs/benchmarks.md,
-    # "Channels-last on the CPU"); brief B's dynamic convolutions compute channels-last on the
-    # CPU (ops/dynamic_conv.py, method "nhwc").
-    setting = config.train.channels_last
-    channels_last = (
-        setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))
-    ) and any(isinstance(m, (nn.Conv2d, DynamicConv2d)) for m in model.modules())
+    channels_last = channels_last_for(config, device, model)
     if channels_last:
         model = convs_to_channels_last(model)
     return model, channels_last
+
+
+def channels_last_for(config: Config, device: torch.device, model: nn.Module) -> bool:
+    """Whether ``model`` trains and evaluates in channels-last (NHWC) memory on ``device``.
+
+    NHWC is the layout both cuDNN and oneDNN (x86 CPUs) convolve fastest; on the project's
+    2-core CPU it made the DenseNet recipe's epochs about 1.37x faster (docs/benchmarks.md,
+    "Channels-last on the CPU"); brief B's dynamic convolutions compute channels-last on the
+    CPU (ops/dynamic_conv.py, method "nhwc"). Models without convolutions stay as they are.
+    """
+    setting = config.train.channels_last
+    return (setting == "on" or (setting == "auto" and device.type in ("cuda", "cpu"))) and any(
+        isinstance(m, (nn.Conv2d, DynamicConv2d)) for m in model.modules()
+    )
 
 
 def build_loaders(
